@@ -1,0 +1,3 @@
+from ingester.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The long-running stages of ingester, wired to the scheduler and to Redis streams."""
