@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -42,6 +43,8 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError(f"expected a duration such as 30, \"500ms\", \"5m\" or \"1h\", got {value!r}")
+    if not math.isfinite(seconds):  # TOML has inf and nan
+        raise ValueError(f"a duration must be finite, got {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -256,6 +259,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 def from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Config:
     """Validate a parsed TOML document; every error names the key it is about."""
+    if "base_dir" in data:  # a field of Config, but set by load(), not by the file
+        raise ConfigError("base_dir: unknown key")
     try:
         return Config.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
@@ -273,6 +278,8 @@ def load(path: str | Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not UTF-8
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     return from_dict(data, base_dir=path.parent)

@@ -16,7 +16,6 @@ _RETRY: dict[str, Any] = {
     "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
     "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionResetError, OSError],
     "health_check_interval": 15,
-    "socket_keepalive": True,
 }
 
 
@@ -51,7 +50,7 @@ def _sentinel(url: str) -> aioredis.Redis:
         raise ValueError("a Sentinel URL needs the master's name: redis+sentinel://host:26379/mymaster")
     password = unquote(parts.password) if parts.password else None
     db = int(path[1]) if len(path) > 1 else 0
-    sentinel = Sentinel(nodes, sentinel_kwargs={"password": password} if password else None)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(nodes, sentinel_kwargs={"password": password} if password else None)
     client: aioredis.Redis = sentinel.master_for(path[0], password=password, db=db,
                                                  decode_responses=True, **_RETRY)
     return client

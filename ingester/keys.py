@@ -54,9 +54,9 @@ class Keys:
         """Sorted set feed id -> next due time (ms); a claimed feed is pushed out by its lease."""
         return self.key("schedule")
 
-    def host(self, host: str) -> str:
-        """Per-host politeness state shared by all daemons."""
-        return self.key("host", host)
+    def gate(self, name: str) -> str:
+        """Politeness/rate state of one host or one webhook, shared by all daemons."""
+        return self.key("gate", name)
 
     def seen(self, entry_key: str) -> str:
         """Mark of a feed entry already queued (by normalized link or GUID)."""

@@ -5,31 +5,39 @@
   every redirect, and the connection goes to the address that was checked: no DNS rebinding);
   private, loopback, link-local, CGNAT, multicast, reserved, and IPv4-mapped/NAT64/6to4 forms of them
   are refused unless inside `allow_private`;
-- caps on redirects, decoded body bytes (a gzip/brotli bomb is cut at the cap) and total time per
-  request, redirects included (a server that drips one byte a second is cut at the deadline).
+- caps on redirects, decoded body bytes (we inflate in bounded steps, so a gzip/brotli bomb is cut at
+  the cap without ever being inflated whole) and total time per request, redirects included (a server
+  that drips one byte a second is cut at the deadline). Waiting for a politeness slot is not the
+  server's fault: it has a budget of its own and does not eat into the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
-import ssl
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import brotli  # type: ignore[import-untyped]
 import httpcore
 import httpx
 import structlog
+import zstandard
 
 from ingester import metrics
 from ingester.config import NetworkConfig
 
 log = structlog.get_logger("ingester.http")
+
+# httpx logs every request's full URL at INFO; webhook URLs carry secrets, and we log our own way.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -38,6 +46,15 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _6TO4 = ipaddress.ip_network("2002::/16")
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated
+_NAMED: tuple[tuple[IPNetwork, str], ...] = (
+    (ipaddress.ip_network("100.64.0.0/10"), "a carrier-grade NAT (CGNAT) address"),
+    (ipaddress.ip_network("0.0.0.0/8"), "a 'this network' address"),
+    (ipaddress.ip_network("::/128"), "the unspecified address"),
+    (ipaddress.ip_network("fec0::/10"), "a site-local address"),
+    # IPv4-compatible (deprecated): some stacks still route ::127.0.0.1 to 127.0.0.1.
+    (ipaddress.ip_network("::/96"), "an IPv4-compatible IPv6 address"),
+)
 
 
 class FetchError(Exception):
@@ -63,6 +80,12 @@ class Timeout(FetchError):
     kind = "timeout"
 
 
+class GateBusy(Timeout):
+    """No politeness slot for the host in time: nothing was sent, the server is not to blame."""
+
+    kind = "busy"
+
+
 class BadURL(FetchError):
     kind = "bad_url"
 
@@ -72,10 +95,10 @@ class TooManyRedirects(FetchError):
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address inside an IPv4-mapped, NAT64 or 6to4 IPv6 address, if any."""
+    """The IPv4 address inside an IPv4-mapped, IPv4-translated, NAT64 or 6to4 IPv6 address, if any."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
-    if ip in _NAT64 or ip in _NAT64_LOCAL:
+    if ip in _NAT64 or ip in _NAT64_LOCAL or ip in _SIIT:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip in _6TO4:
         return ip.sixtofour
@@ -91,13 +114,16 @@ def refusal(ip: IPAddress, allow: Sequence[IPNetwork] = ()) -> str | None:
         return f"{reason} (embedded in {ip})" if reason else None
     if ip.is_multicast:
         return f"{ip} is a multicast address"
-    if not ip.is_global:
-        if ip.is_loopback:
-            return f"{ip} is a loopback address"
-        if ip.is_link_local:
-            return f"{ip} is a link-local address"
-        if ip.is_private:
-            return f"{ip} is a private address"
+    if ip.is_loopback:
+        return f"{ip} is a loopback address"
+    for net, what in _NAMED:
+        if ip in net:
+            return f"{ip} is {what}"
+    if ip.is_link_local:
+        return f"{ip} is a link-local address"
+    if ip.is_private:
+        return f"{ip} is a private address"
+    if not ip.is_global or ip.is_reserved:
         return f"{ip} is not a public address"
     return None
 
@@ -140,10 +166,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 class _GuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, allow: Sequence[IPNetwork], limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
+    def __init__(self, allow: Sequence[IPNetwork], limits: httpx.Limits, ssl_context: typing.Any) -> None:
+        super().__init__(limits=limits, verify=ssl_context, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -163,7 +189,7 @@ class Response:
     status: int
     headers: httpx.Headers
     content: bytes  # decoded (gzip, brotli...) body, at most max_bytes
-    redirects: list[str] = field(default_factory=list)
+    redirects: list[str] = field(default_factory=list)  # the URLs that redirected, in order
 
     @property
     def host(self) -> str:
@@ -175,20 +201,23 @@ class Response:
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9_.:-]+)""", re.I)
+_HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.I)
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
 
 def decode_html(content: bytes, content_type: str = "") -> str:
     """Text from bytes: a BOM, the HTTP charset, the document's own declaration, UTF-8, else cp1252."""
-    if content.startswith(b"\xef\xbb\xbf"):
-        return content[3:].decode("utf-8", errors="replace")
-    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return content.decode("utf-16", errors="replace")
+    for bom, charset in _BOMS:
+        if content.startswith(bom):
+            return content[len(bom):].decode(charset, errors="replace")
     candidates = []
-    if m := re.search(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", content_type, re.I):
+    if m := _HEADER_CHARSET.search(content_type):
         candidates.append(m.group(1))
     head = content[:4096]
     for pattern in (_META_CHARSET, _XML_ENCODING):
-        if m2 := pattern.search(head):
+        # A declaration we could read as ASCII cannot be UTF-16/32 (HTML spec: treat it as UTF-8).
+        if (m2 := pattern.search(head)) and not m2.group(1).lower().startswith((b"utf-16", b"utf-32")):
             candidates.append(m2.group(1).decode("ascii"))
     for charset in [*candidates, "utf-8"]:
         try:
@@ -197,6 +226,96 @@ def decode_html(content: bytes, content_type: str = "") -> str:
             continue
     return content.decode("cp1252", errors="replace")
 
+
+# --- bounded content decoding -------------------------------------------------------------------
+# httpx inflates each network chunk whole: 64 KB of brotli can be gigabytes. We inflate in steps of
+# at most about _STEP bytes and check the cap between steps.
+
+_STEP = 64 * 1024
+_ZSTD_SLICE = 16  # zstd has no output limit; ~32000:1 at most, so 16 input bytes give <= ~512 KB
+
+
+class _Decoder(Protocol):
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+
+class _Zlib:
+    def __init__(self, wbits: int) -> None:
+        self._d = zlib.decompressobj(wbits)
+        self._fallback = wbits == zlib.MAX_WBITS  # "deflate" is raw deflate on some servers
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            try:
+                out = self._d.decompress(data, _STEP)
+            except zlib.error:
+                if not (self._fallback and not self._started):
+                    raise
+                self._d, self._fallback = zlib.decompressobj(-zlib.MAX_WBITS), False
+                continue
+            self._started = True
+            data = self._d.unconsumed_tail
+            if out:
+                yield out
+            if not data and len(out) < _STEP:
+                return
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        self._d = brotli.Decompressor()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._d.is_finished():
+            return  # trailing bytes after the end of the stream
+        out = self._d.process(data, output_buffer_limit=_STEP)
+        while out:  # output held back by the limit comes with empty input, until there is none
+            yield out
+            out = self._d.process(b"", output_buffer_limit=_STEP)
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        for i in range(0, len(data), _ZSTD_SLICE):
+            yield self._d.decompress(data[i:i + _ZSTD_SLICE])
+
+
+def _brotli_bounded() -> bool:
+    try:  # output_buffer_limit came with brotli 1.2; without it we do not ask for br
+        brotli.Decompressor().process(b"", output_buffer_limit=1)
+    except TypeError:
+        return False
+    return True
+
+
+_DECODERS: dict[str, Callable[[], _Decoder]] = {
+    "gzip": lambda: _Zlib(zlib.MAX_WBITS | 16), "x-gzip": lambda: _Zlib(zlib.MAX_WBITS | 16),
+    "deflate": lambda: _Zlib(zlib.MAX_WBITS), "br": _Brotli, "zstd": _Zstd,
+}
+ACCEPT_ENCODING = "gzip, deflate, br" if _brotli_bounded() else "gzip, deflate"
+_DECODE_ERRORS = (zlib.error, brotli.error, zstandard.ZstdError)
+
+
+def _decoders(content_encoding: str) -> list[_Decoder]:
+    """Decoders in the order they apply; unknown codings ("identity", bogus "utf-8") pass through."""
+    names = [n.strip().lower() for n in content_encoding.split(",")]
+    return [_DECODERS[n]() for n in reversed(names) if n in _DECODERS]
+
+
+def _through(decoders: Sequence[_Decoder], data: bytes) -> Iterator[bytes]:
+    if not decoders:
+        yield data
+        return
+    for piece in decoders[0].feed(data):
+        if piece:
+            yield from _through(decoders[1:], piece)
+
+
+# --- the client ---------------------------------------------------------------------------------
 
 class SafeClient:
     """Guarded GET/POST over a few small connection pools (httpx costs grow with pool size)."""
@@ -207,15 +326,14 @@ class SafeClient:
         self._gate = gate
         limits = httpx.Limits(max_connections=connections_per_pool,
                               max_keepalive_connections=connections_per_pool)
-        self._clients = [
-            httpx.AsyncClient(transport=_GuardedTransport(network.allow_private, limits),
-                              headers={"User-Agent": network.user_agent}, trust_env=False,
-                              follow_redirects=False, timeout=network.timeout)
-            for _ in range(pools)
-        ]
+        ssl_context = httpx.create_ssl_context(trust_env=False)  # certifi's roots, made once
+        self._transports = [_GuardedTransport(network.allow_private, limits, ssl_context)
+                            for _ in range(pools)]
+        self._headers = httpx.Headers({"User-Agent": network.user_agent, "Accept": "*/*",
+                                       "Accept-Encoding": ACCEPT_ENCODING})
 
-    def _client(self, host: str) -> httpx.AsyncClient:
-        return self._clients[hash(host) % len(self._clients)]  # one host keeps to one pool
+    def _transport(self, host: str) -> httpx.AsyncHTTPTransport:
+        return self._transports[hash(host) % len(self._transports)]  # one host keeps to one pool
 
     async def get(self, url: str, headers: dict[str, str] | None = None, *,
                   max_bytes: int | None = None, timeout: float | None = None) -> Response:
@@ -236,68 +354,93 @@ class SafeClient:
                       redact: Callable[[str], str] | None = None) -> Response:
         shown = redact or (lambda u: u)
         deadline = timeout if timeout is not None else self.network.timeout
+        hop = _Hop(method, httpx.Headers(headers), content, max_bytes or self.network.max_bytes,
+                   deadline, shown)
         try:
-            async with asyncio.timeout(deadline):
-                return await self._follow(method, url, headers or {}, content,
-                                          max_bytes or self.network.max_bytes, follow, shown)
+            async with asyncio.timeout(deadline) as budget:
+                return await self._follow(url, hop, follow, budget)
         except TimeoutError:
-            raise self._refused(Timeout(shown(url), f"no complete response within {deadline:g} s")) from None
+            raise Timeout(shown(url), f"no complete response within {deadline:g} s") from None
         except FetchError as exc:
-            if isinstance(exc, BlockedAddress) and exc.url != shown(url):
-                exc = BlockedAddress(shown(url), exc.reason)
             raise self._refused(exc) from None
         except httpx.InvalidURL as exc:
-            raise self._refused(BadURL(shown(url), str(exc))) from None
+            raise BadURL(shown(url), str(exc)) from None
         except (httpx.HTTPError, OSError) as exc:
-            raise self._refused(FetchError(shown(url), f"{type(exc).__name__}: {exc}")) from None
+            raise FetchError(shown(url), f"{type(exc).__name__}: {exc}") from None
+        except _DECODE_ERRORS as exc:
+            raise FetchError(shown(url), f"undecodable body: {exc}") from None
 
     @staticmethod
     def _refused(exc: FetchError) -> FetchError:
         if isinstance(exc, BlockedAddress):
             metrics.PRIVATE_REFUSALS.inc()
             log.warning("fetch refused", url=exc.url, reason=exc.reason)
+        elif isinstance(exc, BadURL) and exc.reason.startswith("refused"):
+            log.warning("fetch refused", url=exc.url, reason=exc.reason)
         return exc
 
-    async def _follow(self, method: str, url: str, headers: dict[str, str],
-                      content: bytes | None, max_bytes: int, follow: bool,
-                      shown: Callable[[str], str]) -> Response:
+    async def _follow(self, url: str, hop: _Hop, follow: bool, budget: asyncio.Timeout) -> Response:
         redirects: list[str] = []
+        first = url
         while True:
-            target = _checked_url(url, shown)
-            status, response_headers, body = await self._once(method, target, headers, content,
-                                                              max_bytes, shown)
+            target = _checked_url(url, first, hop.shown)
+            try:
+                status, response_headers, body = await self._once(target, hop, budget)
+            except BlockedAddress as exc:  # name the URL asked for, and where it led if elsewhere
+                where = f" (redirected to {hop.shown(str(target))})" if redirects else ""
+                raise BlockedAddress(hop.shown(first), exc.reason + where) from None
             location = response_headers.get("location")
             if not (follow and status in _REDIRECTS and location):
                 return Response(str(target), status, response_headers, body, redirects)
             if len(redirects) >= self.network.max_redirects:
-                raise TooManyRedirects(shown(url), f"more than {self.network.max_redirects} redirects")
+                raise TooManyRedirects(hop.shown(first), f"more than {self.network.max_redirects} redirects")
             redirects.append(str(target))
             url = str(target.join(location))
-            if status == 303:
-                method, content = "GET", None
+            hop.redirected(status, target, httpx.URL(url))
 
-    async def _once(self, method: str, url: httpx.URL, headers: dict[str, str],
-                    content: bytes | None, max_bytes: int, shown: Callable[[str], str],
+    async def _once(self, url: httpx.URL, hop: _Hop, budget: asyncio.Timeout,
                     ) -> tuple[int, httpx.Headers, bytes]:
-        async with self._slot(url.host):
-            request = self._client(url.host).build_request(method, url, headers=headers,
-                                                           content=content)
-            response = await self._client(url.host).send(request, stream=True)
+        async with self._slot(url, hop, budget):
+            headers = self._headers.copy()
+            headers.update(hop.headers)
+            request = httpx.Request(hop.method, url, headers=headers, content=hop.content)
+            response = await self._transport(url.host).handle_async_request(request)
             try:
                 body = bytearray()
-                async for chunk in response.aiter_bytes():  # decoded: the cap bounds inflation
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise TooLarge(shown(str(url)), f"response over {max_bytes} bytes (decoded)")
+                decoders = _decoders(response.headers.get("content-encoding", ""))
+                async for raw in response.aiter_raw():
+                    for piece in _through(decoders, raw):
+                        body += piece
+                        if len(body) > hop.max_bytes:
+                            raise TooLarge(hop.shown(str(url)),
+                                           f"response over {hop.max_bytes} bytes (decoded)")
                 return response.status_code, response.headers, bytes(body)
             finally:
                 await response.aclose()
 
-    def _slot(self, host: str) -> AbstractAsyncContextManager[None]:
-        return self._gate.slot(host) if self._gate else _no_gate()
+    @asynccontextmanager
+    async def _slot(self, url: httpx.URL, hop: _Hop, budget: asyncio.Timeout) -> AsyncIterator[None]:
+        """The gate's slot for the host; the wait for it has a budget of its own, not the deadline's."""
+        if self._gate is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        when = budget.when()
+        left = None if when is None else when - loop.time()
+        budget.reschedule(None)
+        async with AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(hop.deadline):
+                    await stack.enter_async_context(self._gate.slot(url.host))
+            except TimeoutError:
+                raise GateBusy(hop.shown(str(url)),
+                               f"no politeness slot for {url.host} within {hop.deadline:g} s") from None
+            finally:
+                budget.reschedule(None if left is None else loop.time() + left)
+            yield
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._clients))
+        await asyncio.gather(*(t.aclose() for t in self._transports))
 
     async def __aenter__(self) -> SafeClient:
         return self
@@ -306,18 +449,36 @@ class SafeClient:
         await self.aclose()
 
 
-@asynccontextmanager
-async def _no_gate() -> AsyncIterator[None]:
-    yield
+@dataclass
+class _Hop:
+    """What the next request of a redirect chain sends."""
+
+    method: str
+    headers: httpx.Headers
+    content: bytes | None
+    max_bytes: int
+    deadline: float
+    shown: Callable[[str], str]
+
+    def redirected(self, status: int, source: httpx.URL, target: httpx.URL) -> None:
+        """As browsers and httpx do: 303 (and 301/302 after POST) become GET without a body."""
+        if (status == 303 and self.method != "HEAD") or (status in (301, 302) and self.method == "POST"):
+            self.method, self.content = "GET", None
+            for name in ("content-type", "content-length", "transfer-encoding"):
+                self.headers.pop(name, None)
+        if (source.scheme, source.host, source.port) != (target.scheme, target.host, target.port):
+            for name in ("authorization", "cookie"):  # credentials stay with their origin
+                self.headers.pop(name, None)
 
 
-def _checked_url(url: str, shown: Callable[[str], str]) -> httpx.URL:
+def _checked_url(url: str, first: str, shown: Callable[[str], str]) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise BadURL(shown(url), str(exc)) from None
+        raise BadURL(shown(first), str(exc)) from None
+    where = "" if url == first else f" (redirected to {shown(url)})"
     if parsed.scheme not in ("http", "https"):
-        raise BadURL(shown(url), f"refused: scheme {parsed.scheme or '(none)'!r} is not http(s)")
+        raise BadURL(shown(first), f"refused: scheme {parsed.scheme or '(none)'!r} is not http(s){where}")
     if not parsed.host:
-        raise BadURL(shown(url), "no host")
+        raise BadURL(shown(first), f"no host{where}")
     return parsed

@@ -1,0 +1,572 @@
+"""The notifier stage: topic stream entries -> Slack or webhook alerts, once per (notifier, topic, story).
+
+At-least-once from the "notify" consumer group, deduplicated by story cluster:
+- a short-lived claim key (SET NX, value = the entry id) is taken before sending, so two copies of
+  one story never send together, and an entry reclaimed after a crash finds its own claim and resends
+  (at most one duplicate per message in flight);
+- the "already alerted" mark is written only after the webhook answered 2xx, with the dedup retention
+  as TTL; the entry is acked when every notifier of its topic has sent, skipped or parked it.
+Each notifier has its own queue and its own rate gate (shared by all daemons through Redis), so a 429
+on one webhook does not hold up the others. 5xx and network errors retry with backoff and jitter;
+other 4xx park the alert in <namespace>:dead (see docs/alerts.md); dlq.replay resends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import httpx
+import orjson
+import redis.asyncio as aioredis
+import structlog
+
+from ingester import logs, metrics, slack, webhook
+from ingester.config import Config, NotifierConfig
+from ingester.keys import Keys
+from ingester.keys import digest as short_id
+from ingester.politeness import Gate
+from ingester.query import Near, Not, Phrase, Prefix, Query, Term, fold, parse, tokenize
+from ingester.record import Article
+from ingester.safehttp import BadURL, BlockedAddress, FetchError, Response, SafeClient
+from ingester.streams import Consumer, Message
+
+log = structlog.get_logger("ingester.alerts")
+
+GROUP = "notify"
+STAGE = "notify"
+DIGEST_WEBHOOK_CHUNK = 100  # articles per generic digest payload
+RETRY_AFTER_MAX = 3600.0
+ERROR_BODY_CHARS = 200
+
+Outcome = Literal["sent", "skipped", "busy", "parked"]
+
+# Claim: the mark wins; a free claim or our own claim (a reclaimed entry) is (re)taken.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'marked' end
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] then return 'busy' end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 'claimed'
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# A digest entry is added unless the story was already sent; HSETNX dedupes by cluster.
+_COLLECT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+return redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+"""
+# Start a flush: the collected stories become the batch being sent, unless one is still unsent.
+_TAKE_DIGEST = """
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+end
+return redis.call('HGETALL', KEYS[2])
+"""
+
+
+# --- keys (all under the namespace; see Keys) -------------------------------------------------------------
+
+def alerted_key(keys: Keys, notifier: str, topic: str, cluster_id: str) -> str:
+    return keys.key("alerted", notifier, topic, cluster_id)
+
+
+def claim_key(keys: Keys, notifier: str, topic: str, cluster_id: str) -> str:
+    return keys.key("alert-claim", notifier, topic, cluster_id)
+
+
+def digest_key(keys: Keys, notifier: str, topic: str, sending: bool = False) -> str:
+    """Hash cluster id -> article JSON: stories collected for the next digest (or being sent)."""
+    return keys.key("digest-sending" if sending else "digest", notifier, topic)
+
+
+# --- secrets never shown ----------------------------------------------------------------------------------
+
+def host_only(url: str) -> str:
+    """What logs and errors may show of a webhook URL: its host."""
+    try:
+        return httpx.URL(url).host or "(webhook)"
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "(webhook)"
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every secret (and the secret part of a webhook URL) replaced by ***."""
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The URL, its path and query, and path segments that look like tokens (Slack's last one)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return [url]
+    tail = parsed.raw_path.decode("ascii", "replace")
+    segments = [p for p in parsed.path.split("/") if p]
+    tokens = [p for p in segments if len(p) >= 16] + segments[-1:]
+    query = parsed.query.decode("ascii", "replace")
+    return [p for p in (url, tail, query, *tokens) if len(p) >= 6]
+
+
+# --- matched terms ----------------------------------------------------------------------------------------
+
+def positive_leaves(node: Query, negated: bool = False) -> list[Term | Phrase | Prefix]:
+    """The terms, phrases and wildcards a match can rest on (none under a NOT)."""
+    if isinstance(node, Term | Phrase | Prefix):
+        return [] if negated else [node]
+    if isinstance(node, Near):
+        return positive_leaves(node.left, negated) + positive_leaves(node.right, negated)
+    if isinstance(node, Not):
+        return positive_leaves(node.child, not negated)
+    children = getattr(node, "children", None)
+    if children is not None:
+        return [leaf for c in children for leaf in positive_leaves(c, negated)]
+    child = getattr(node, "child", None)
+    return positive_leaves(child, negated) if child is not None else []
+
+
+def matched_terms(article: Article, query: Query, text_chars: int = 20_000) -> list[str]:
+    """The query's words and phrases that occur in the article, as the article spells them when folded."""
+    tokens = tokenize(f"{article.title}\n{article.summary}\n{article.text[:text_chars]}")
+    present = set(tokens)
+    joined = " " + " ".join(tokens) + " "
+    found: list[str] = []
+    for leaf in positive_leaves(query):
+        if isinstance(leaf, Term) and leaf.token in present:
+            found.append(leaf.token)
+        elif isinstance(leaf, Phrase) and f" {' '.join(leaf.tokens)} " in joined:
+            found.append(" ".join(leaf.tokens))
+        elif isinstance(leaf, Prefix):
+            found += sorted({t for t in present if t.startswith(fold(leaf.prefix))})[:5]
+    return list(dict.fromkeys(found))
+
+
+# --- delivery ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    outcome: Outcome
+    reason: str = ""
+
+
+class Sender:
+    """POSTs to one notifier through its rate gate: 2xx done, 429 waits, 5xx retries, 4xx parks."""
+
+    def __init__(self, notifier: NotifierConfig, client: SafeClient, gate: Gate, *,
+                 backoff: float = 1.0, backoff_max: float = 300.0) -> None:
+        self.notifier = notifier
+        self.name = notifier.name
+        self.url = notifier.webhook_url.get_secret_value()
+        self.secret = notifier.secret.get_secret_value() if notifier.secret else None
+        self.host = host_only(self.url)
+        self.secrets = _url_secrets(self.url) + ([self.secret] if self.secret else [])
+        logs.register_secrets(self.secrets)  # belt and braces: the log processor redacts them too
+        self._client = client
+        self._gate = gate
+        self._gate_name = f"notifier:{notifier.name}"
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, self.secrets)
+
+    async def deliver(self, body: bytes, delivery: str | None = None,
+                      attempts: int | None = None) -> str | None:
+        """None once the webhook accepted `body`; else why it must be parked (no secret in it).
+
+        Retries 429 (after Retry-After), 5xx and network errors forever, or `attempts` times.
+        """
+        headers = webhook.headers(body, self.secret if self.notifier.type == "webhook" else None,
+                                  delivery)
+        failures = 0
+        while True:
+            transient, wait = await self._attempt(body, headers)
+            if transient is None:
+                return None
+            if wait is None:  # permanent
+                return transient
+            failures += 1
+            if attempts is not None and failures >= attempts:
+                return f"gave up after {failures} attempts: {transient}"
+            metrics.ALERTS.labels(notifier=self.name, outcome="retried").inc()
+            if wait < 0:  # 5xx or network: exponential backoff with full jitter
+                wait = random.uniform(0, min(self.backoff_max, self.backoff * 2 ** min(failures, 30)))
+                log.info("alert retry", notifier=self.name, host=self.host, reason=transient,
+                         wait=round(wait, 2))
+                await asyncio.sleep(wait)
+            else:
+                log.info("alert rate-limited", notifier=self.name, host=self.host, retry_after=wait)
+                await self._gate.hold_off(self._gate_name, wait)
+
+    async def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[str | None, float | None]:
+        """(None, None) sent; (reason, None) park; (reason, -1) back off; (reason, s) Retry-After."""
+        async with self._gate.slot(self._gate_name):
+            try:
+                response = await self._client.post(self.url, body, headers, redact=host_only)
+            except (BlockedAddress, BadURL) as exc:
+                return self.scrub(f"refused: {exc.reason}"), None
+            except FetchError as exc:
+                return self.scrub(f"{exc.kind}: {exc.reason}"), -1.0
+        if 200 <= response.status < 300:
+            return None, None
+        reason = self.scrub(_status_reason(response))
+        if response.status == 429:
+            return reason, retry_after(response)
+        if response.status >= 500 or response.status == 408:
+            return reason, -1.0
+        return reason, None
+
+
+def _status_reason(response: Response) -> str:
+    """`HTTP 404: channel_not_found` — the status and the start of the body, on one line."""
+    text = response.content[:ERROR_BODY_CHARS].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return f"HTTP {response.status}: {text}" if text else f"HTTP {response.status}"
+
+
+def retry_after(response: Response, default: float = 1.0) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    value = response.headers.get("retry-after", "").strip()
+    seconds = default
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError):
+                when = email.utils.parsedate_to_datetime(value)
+                seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+class Lease:
+    """A Redis key held by `owner`, its TTL extended while the holder works (so a crash frees it)."""
+
+    def __init__(self, redis: aioredis.Redis, key: str, owner: str, ttl: float) -> None:
+        self.redis, self.key, self.owner, self.ttl_ms = redis, key, owner, max(int(ttl * 1000), 100)
+
+    async def acquire(self) -> bool:
+        return bool(await self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+
+    @contextlib.asynccontextmanager
+    async def kept(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._extend())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _extend(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            await self.redis.eval(_EXTEND, 1, self.key, self.owner, self.ttl_ms)
+
+    async def release(self) -> None:
+        await self.redis.eval(_RELEASE, 1, self.key, self.owner)
+
+
+class Notifiers:
+    """Delivery of alerts and digests with the claim/mark protocol; shared by the Alerter and the DLQ."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, config: Config, client: SafeClient, *,
+                 claim_ttl: float = 60.0, backoff: float = 1.0, backoff_max: float = 300.0) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+        self.claim_ttl = claim_ttl
+        self.retention = max(int(config.articles.dedup_retention), 1)
+        self.senders = {
+            n.name: Sender(n, client, Gate(redis, keys, concurrency=1, min_gap=1.0 / n.rate),
+                           backoff=backoff, backoff_max=backoff_max)
+            for n in config.notifiers
+        }
+
+    def alert_body(self, notifier: str, topic: str, article: Article, terms: Sequence[str]) -> bytes:
+        if self.senders[notifier].notifier.type == "slack":
+            return orjson.dumps(slack.alert_message(article, topic, terms))
+        return webhook.alert_payload(article, topic, terms)
+
+    def digest_bodies(self, notifier: str, topic: str,
+                      articles: Sequence[Article]) -> list[tuple[list[Article], bytes]]:
+        """The digest as (stories, body) parts, split where Slack's limits (or size) require."""
+        parts: list[tuple[list[Article], bytes]] = []
+        if self.senders[notifier].notifier.type == "slack":
+            start = 0
+            for message, count in zip(slack.digest_messages(topic, articles),
+                                      slack.digest_counts(topic, articles), strict=True):
+                parts.append((list(articles[start: start + count]), orjson.dumps(message)))
+                start += count
+            return parts
+        for i in range(0, len(articles), DIGEST_WEBHOOK_CHUNK):
+            chunk = list(articles[i: i + DIGEST_WEBHOOK_CHUNK])
+            parts.append((chunk, webhook.digest_payload(topic, chunk)))
+        return parts
+
+    async def alert(self, notifier: str, topic: str, article: Article, terms: Sequence[str],
+                    owner: str, *, attempts: int | None = None) -> Result:
+        """Send one story unless this (notifier, topic, cluster) was already alerted or is being sent."""
+        sender = self.senders[notifier]
+        mark = alerted_key(self.keys, notifier, topic, article.cluster_id)
+        claim = Lease(self.redis, claim_key(self.keys, notifier, topic, article.cluster_id), owner,
+                      self.claim_ttl)
+        state = await self.redis.eval(_CLAIM, 2, mark, claim.key, owner, claim.ttl_ms)
+        if state == "marked":
+            return Result("skipped")
+        if state == "busy":
+            return Result("busy")
+        body = self.alert_body(notifier, topic, article, terms)
+        delivery = short_id(f"{notifier}\n{topic}\n{article.cluster_id}", 16)
+        async with claim.kept():
+            reason = await sender.deliver(body, delivery, attempts)
+        if reason is None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(mark, "1", ex=self.retention)
+                pipe.delete(claim.key)
+                await pipe.execute()
+            return Result("sent")
+        await claim.release()
+        return Result("parked", reason)
+
+    async def send_digest_part(self, notifier: str, topic: str, articles: Sequence[Article],
+                               body: bytes, *, attempts: int | None = None) -> Result:
+        """Send one digest message; on 2xx mark its stories as alerted."""
+        reason = await self.senders[notifier].deliver(body, None, attempts)
+        if reason is not None:
+            return Result("parked", reason)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for article in articles:
+                pipe.set(alerted_key(self.keys, notifier, topic, article.cluster_id), "1",
+                         ex=self.retention)
+            await pipe.execute()
+        return Result("sent")
+
+    async def park(self, notifier: str, topic: str, kind: Literal["alert", "digest"], reason: str,
+                   data: str, extra: dict[str, str] | None = None) -> None:
+        """Write a dead letter for a notifier (docs/alerts.md describes the fields)."""
+        reason = self.senders[notifier].scrub(reason)
+        fields = {"stage": STAGE, "kind": kind, "notifier": notifier, "topic": topic, "reason": reason,
+                  "at": str(int(time.time())), **(extra or {}), "data": data}
+        await self.redis.xadd(self.keys.dead, fields)
+        metrics.DEAD_LETTERS.labels(stage=STAGE).inc()
+        metrics.ALERTS.labels(notifier=notifier, outcome="parked").inc()
+        log.warning("alert parked", notifier=notifier, topic=topic, kind=kind,
+                    host=self.senders[notifier].host, reason=reason)
+
+
+# --- the stage --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    """A topic entry being handled by `remaining` notifiers; acked when that reaches zero."""
+
+    msg: Message
+    remaining: int
+
+
+@dataclass
+class _Job:
+    pending: _Pending
+    topic: str
+    article: Article
+    terms: list[str] = field(default_factory=list)
+
+
+class Alerter:
+    """Consumes the topic streams of every topic with `notify` and sends its alerts."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, config: Config, client: SafeClient, *,
+                 name: str | None = None, reclaim_idle: float | None = None, claim_ttl: float = 60.0,
+                 backoff: float = 1.0, backoff_max: float = 300.0, max_in_flight: int = 500,
+                 batch: int = 50, block_ms: int = 1000, busy_wait: float = 0.5,
+                 grace: float = 5.0) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+        self.name = name or f"alerter-{uuid.uuid4().hex[:8]}"
+        self.notifiers = Notifiers(redis, keys, config, client, claim_ttl=claim_ttl, backoff=backoff,
+                                   backoff_max=backoff_max)
+        self.topics = {keys.topic(t.name): t for t in config.topics if t.notify}
+        self._queries = {t.name: parse(t.query) for t in self.topics.values()}
+        self._reclaim_idle = reclaim_idle if reclaim_idle is not None else config.articles.reclaim_idle
+        self._consumer = Consumer(redis, list(self.topics), GROUP, self.name, dead_stream=keys.dead,
+                                  stage=STAGE, batch=batch, block_ms=block_ms,
+                                  reclaim_idle=self._reclaim_idle,
+                                  max_attempts=config.articles.max_attempts)
+        self._queues: dict[str, asyncio.Queue[_Job]] = {n: asyncio.Queue() for n in self.notifiers.senders}
+        self._in_flight: dict[tuple[str, str], _Pending] = {}
+        self._room = asyncio.Semaphore(max_in_flight)
+        self._idle = asyncio.Event()
+        self._busy_wait = busy_wait
+        self._grace = grace
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.topics:
+            await stop.wait()
+            return
+        await self._consumer.setup()
+        tasks = [asyncio.create_task(self._heartbeat(), name="alerts-heartbeat")]
+        for sender in self.notifiers.senders.values():
+            tasks.append(asyncio.create_task(self._worker(sender.notifier), name=f"alerts-{sender.name}"))
+            if sender.notifier.digest > 0:
+                tasks.append(asyncio.create_task(self._flusher(sender.notifier)))
+        try:
+            await self._read(stop)
+            with contextlib.suppress(TimeoutError):  # let sends under way finish, then stop
+                async with asyncio.timeout(self._grace):
+                    await self._drained()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            reading = asyncio.ensure_future(self._consumer.read())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+                return
+            for msg in reading.result():
+                await self._dispatch(msg)
+
+    async def _drained(self) -> None:
+        if self._in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _dispatch(self, msg: Message) -> None:
+        if (msg.stream, msg.id) in self._in_flight:  # handed out again while we still hold it
+            return
+        topic = self.topics[msg.stream]
+        try:
+            article = Article.loads(msg.fields["data"])
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            await self._consumer.dead_letter(msg, f"unreadable article record: {type(exc).__name__}")
+            return
+        await self._room.acquire()
+        pending = _Pending(msg, len(topic.notify))
+        self._in_flight[(msg.stream, msg.id)] = pending
+        terms = matched_terms(article, self._queries[topic.name])
+        for notifier in topic.notify:
+            self._queues[notifier].put_nowait(_Job(pending, topic.name, article, terms))
+
+    async def _finish(self, job: _Job, notifier: str, outcome: str) -> None:
+        if outcome != "parked":  # parked is counted where the dead letter is written
+            metrics.ALERTS.labels(notifier=notifier, outcome=outcome).inc()
+        job.pending.remaining -= 1
+        if job.pending.remaining == 0:
+            await self._consumer.ack(job.pending.msg)
+            self._in_flight.pop((job.pending.msg.stream, job.pending.msg.id), None)
+            self._room.release()
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _worker(self, notifier: NotifierConfig) -> None:
+        queue = self._queues[notifier.name]
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await queue.get()
+            try:
+                if notifier.digest > 0:
+                    outcome = await self._collect(notifier.name, job)
+                else:
+                    outcome = await self._alert(notifier.name, job)
+            except Exception:  # e.g. Redis away for longer than its retries: keep the job, try later
+                log.exception("alert failed, will retry", notifier=notifier.name, topic=job.topic)
+                outcome = "busy"
+            if outcome == "busy":  # another copy of the story is being sent: look again shortly
+                loop.call_later(self._busy_wait, queue.put_nowait, job)
+                continue
+            await self._finish(job, notifier.name, outcome)
+
+    async def _alert(self, notifier: str, job: _Job) -> str:
+        msg = job.pending.msg
+        result = await self.notifiers.alert(notifier, job.topic, job.article, job.terms, msg.id)
+        if result.outcome == "parked":
+            await self.notifiers.park(notifier, job.topic, "alert", result.reason, job.article.dumps(), {
+                "stream": msg.stream, "id": msg.id, "cluster_id": job.article.cluster_id,
+                "terms": orjson.dumps(job.terms).decode()})
+        elif result.outcome == "sent":
+            log.info("alert sent", notifier=notifier, topic=job.topic, cluster=job.article.cluster_id)
+        return result.outcome
+
+    async def _collect(self, notifier: str, job: _Job) -> str:
+        """Add the story to the (notifier, topic) digest, once per cluster."""
+        added = await self.redis.eval(
+            _COLLECT, 2, alerted_key(self.keys, notifier, job.topic, job.article.cluster_id),
+            digest_key(self.keys, notifier, job.topic), job.article.cluster_id, job.article.dumps())
+        return "queued" if added else "skipped"
+
+    async def _heartbeat(self) -> None:
+        """Keep our pending entries from looking idle while they wait for a slow webhook."""
+        interval = max(self._reclaim_idle / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            by_stream: dict[str, list[str]] = {}
+            for stream, entry_id in list(self._in_flight):
+                by_stream.setdefault(stream, []).append(entry_id)
+            for stream, ids in by_stream.items():
+                await self.redis.xclaim(stream, GROUP, self.name, min_idle_time=0, message_ids=ids,
+                                        justid=True)
+
+    async def _flusher(self, notifier: NotifierConfig) -> None:
+        period = notifier.digest
+        topics = [t.name for t in self.topics.values() if notifier.name in t.notify]
+        while True:
+            await asyncio.sleep(period - time.time() % period)  # periods aligned on the clock
+            for topic in topics:
+                try:
+                    await self.flush_digest(notifier.name, topic)
+                except Exception:  # a Redis blip must not end the flusher: the digest stays stored
+                    log.exception("digest flush failed", notifier=notifier.name, topic=topic)
+
+    async def flush_digest(self, notifier: str, topic: str) -> int:
+        """Send the stories collected for (notifier, topic); one daemon per period does it."""
+        period = self.notifiers.senders[notifier].notifier.digest
+        lock = Lease(self.redis, self.keys.key("digest-lock", notifier, topic), self.name,
+                     max(period / 2, 1.0))
+        if not await lock.acquire():
+            return 0
+        async with lock.kept():
+            return await self._send_digest(notifier, topic)
+
+    async def _send_digest(self, notifier: str, topic: str) -> int:
+        collected = digest_key(self.keys, notifier, topic)
+        sending = digest_key(self.keys, notifier, topic, sending=True)
+        flat = await self.redis.eval(_TAKE_DIGEST, 2, collected, sending)
+        articles = sorted((Article.loads(flat[i + 1]) for i in range(0, len(flat), 2)),
+                          key=lambda a: (a.published_at or a.fetched_at, a.id))
+        sent = 0
+        for chunk, body in self.notifiers.digest_bodies(notifier, topic, articles):
+            result = await self.notifiers.send_digest_part(notifier, topic, chunk, body)
+            if result.outcome == "parked":
+                data = orjson.dumps([a.as_dict() for a in chunk]).decode()
+                await self.notifiers.park(notifier, topic, "digest", result.reason, data)
+            else:
+                sent += len(chunk)
+                metrics.ALERTS.labels(notifier=notifier, outcome="sent").inc()
+            await self.redis.hdel(sending, *[a.cluster_id for a in chunk])
+        if articles:
+            log.info("digest sent", notifier=notifier, topic=topic, stories=sent, total=len(articles))
+        return sent

@@ -1,0 +1,119 @@
+"""The article stage: one feed entry in, at most one article record out.
+
+entry -> known URL? -> fetch page -> extract (process pool) -> canonical URL -> exact dedup ->
+near-duplicate cluster -> topics -> publish (atomic with the ack of the entry).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from ingester import metrics
+from ingester.canonical import article_id, canonical_url, normalize_url, source_host
+from ingester.config import Config
+from ingester.extract import ExtractError, Extracted, Extractor, html_to_text
+from ingester.neardup import NearDupIndex, signature
+from ingester.pool import WorkerPool
+from ingester.publish import Publisher
+from ingester.record import Article, Entry, utc_iso
+from ingester.safehttp import FetchError, Response, SafeClient
+from ingester.streams import Message
+from ingester.topics import Doc, TopicSet
+
+log = structlog.get_logger("ingester.articles")
+
+PAGE_MAX_BYTES = 5 * 1024 * 1024
+_HTML_TYPES = ("text/html", "application/xhtml+xml", "")
+
+
+@dataclass
+class Page:
+    """What the article stage learned from the page itself (None fields: it could not)."""
+
+    final_url: str
+    extracted: Extracted | None
+
+
+class ArticleStage:
+    def __init__(self, config: Config, client: SafeClient, extractor: Extractor, hasher: WorkerPool,
+                 publisher: Publisher, near: NearDupIndex, topics: TopicSet) -> None:
+        self.config = config
+        self.client = client
+        self.extractor = extractor
+        self.hasher = hasher
+        self.publisher = publisher
+        self.near = near
+        self.topics = topics
+
+    async def process(self, entry: Entry, source: Message | None = None, group: str = "") -> str:
+        """Handle one entry; returns "new", "duplicate" or "known" (skipped before fetching)."""
+        linked = normalize_url(entry.link)
+        if await self.publisher.known(linked):
+            if source is not None:  # already written from another feed or URL: just ack
+                await self.publisher.redis.xack(source.stream, group, source.id)
+            metrics.DUPLICATES.labels(kind="exact").inc()
+            return "known"
+        page = await self._page(entry)
+        article, sig = await self._article(entry, page)
+        aliases = [linked, normalize_url(page.final_url)]
+        fresh = await self.publisher.publish(article, aliases, signature=sig, source=source, group=group)
+        if fresh:
+            log.info("article", id=article.id, source=article.source, extraction=article.extraction,
+                     topics=article.topics, cluster=article.cluster_id)
+        return "new" if fresh else "duplicate"
+
+    async def _page(self, entry: Entry) -> Page:
+        """Fetch and extract the page; a page that cannot be had leaves the feed's own content."""
+        try:
+            response = await self.client.get(entry.link, max_bytes=PAGE_MAX_BYTES)
+        except FetchError as exc:
+            log.info("page fetch failed", url=entry.link, kind=exc.kind, reason=exc.reason)
+            return Page(entry.link, None)
+        if response.status != 200 or not _is_html(response):
+            log.info("page not usable", url=entry.link, status=response.status,
+                     content_type=response.headers.get("content-type"))
+            return Page(response.url, None)
+        return Page(response.url, await self._extract(response))
+
+    async def _extract(self, response: Response) -> Extracted | None:
+        started = time.monotonic()
+        try:
+            extracted = await self.extractor.extract(response.text(), response.url)
+        except ExtractError as exc:
+            metrics.EXTRACT_FAILURES.labels(reason=type(exc).__name__).inc()
+            log.warning("extraction failed", url=response.url, reason=str(exc))
+            return None
+        metrics.EXTRACT_SECONDS.observe(time.monotonic() - started)
+        return extracted
+
+    async def _article(self, entry: Entry, page: Page) -> tuple[Article, bytes | None]:
+        ex = page.extracted
+        feed_text = html_to_text(entry.content or entry.summary)
+        use_page = ex is not None and len(ex.text) >= self.config.articles.min_text_length
+        text = ex.text if use_page and ex else feed_text
+        canonical = canonical_url(entry.link, page.final_url, ex.canonical if ex else None)
+        aid = article_id(canonical)
+        sig = await self.hasher.run(signature, text) if text else None
+        cluster = (await self.near.find(sig) if sig else None) or aid
+        if cluster != aid:
+            metrics.DUPLICATES.labels(kind="near").inc()
+        title = (ex.title if ex and ex.title else "") or entry.title
+        language = ex.language if ex else None
+        scores = self.topics.match(Doc(title=title, text=text, language=language))
+        article = Article(
+            id=aid, url=entry.link, canonical_url=canonical, feed_url=entry.feed_url,
+            source=source_host(canonical), title=title, text=text,
+            summary=html_to_text(entry.summary) if entry.summary else "",
+            authors=(ex.authors if ex and ex.authors else entry.authors),
+            language=language, published_at=entry.published_at or (ex.published_at if ex else None),
+            fetched_at=utc_iso(), extraction="trafilatura" if use_page else "feed",
+            cluster_id=cluster, topics=sorted(scores), scores={t: round(s, 4) for t, s in scores.items()},
+        )
+        return article, sig
+
+
+def _is_html(response: Response) -> bool:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() in _HTML_TYPES

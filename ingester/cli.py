@@ -1,0 +1,166 @@
+"""`ingester` command line: run, check, demo, feeds, match, dlq, stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ingester import logs
+from ingester.config import Config, ConfigError, load
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure(level=args.log_level)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingester", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help: str, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if config:
+            p.add_argument("--config", "-c", required=True, type=Path, help="the TOML config file")
+        p.set_defaults(handler=handler)
+        return p
+
+    command("run", _run, "run the daemon in the foreground until SIGTERM/SIGINT")
+    command("check", _check, "validate the config and reach Redis")
+    demo = command("demo", _demo, "run the whole pipeline offline on a bundled local feed", config=False)
+    demo.add_argument("--seconds", type=float, default=60, help="give up after this long")
+
+    feeds = sub.add_parser("feeds", help="import, export or list the feeds in Redis")
+    feeds_sub = feeds.add_subparsers(required=True, metavar="ACTION")
+    imp = feeds_sub.add_parser("import", help="add the feeds of an OPML file")
+    imp.add_argument("file", type=Path)
+    imp.set_defaults(handler=_feeds_import)
+    exp = feeds_sub.add_parser("export", help="print every feed as OPML")
+    exp.set_defaults(handler=_feeds_export)
+    for p in (imp, exp):
+        p.add_argument("--config", "-c", required=True, type=Path)
+
+    match = sub.add_parser("match", help="test a topic or a query against an article",
+                           description="Extract (or read) an article and explain whether it matches.")
+    match.add_argument("--config", "-c", type=Path)
+    target = match.add_mutually_exclusive_group(required=True)
+    target.add_argument("--topic", help="a topic of the config")
+    target.add_argument("--query", help="a query, no config needed")
+    match.add_argument("article", help="an http(s) URL, a file (HTML or text), or - for stdin")
+    match.set_defaults(handler=_match)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workers.daemon import run
+
+    load(args.config)  # config errors before anything starts
+    run(args.config)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    from ingester.connection import connect, safe_url
+    from ingester.embedded import EmbeddedRedisError, find_server_binary
+
+    url = config.redis_url
+    if url is None:
+        try:
+            binary = find_server_binary()
+        except EmbeddedRedisError as exc:
+            print(f"redis: {exc}", file=sys.stderr)
+            return 1
+        print(f"ok: config valid; no Redis URL, the daemon will run {binary}")
+        return 0
+
+    async def ping() -> None:
+        client = connect(url)
+        try:
+            async with asyncio.timeout(5):
+                await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        print(f"redis: cannot reach {safe_url(url)}: {reason}", file=sys.stderr)
+        return 1
+    print(f"ok: config valid; Redis reachable at {safe_url(url)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ingester.demo import run_demo
+
+    return run_demo(args.seconds)
+
+
+def _with_redis(config: Config, work: Callable[[Any], Awaitable[int]]) -> int:
+    from workers.daemon import open_redis
+
+    async def go() -> int:
+        async with open_redis(config, attach=True) as redis:
+            return await work(redis)
+
+    return asyncio.run(go())
+
+
+def _feeds_import(args: argparse.Namespace) -> int:
+    from ingester.keys import Keys
+    from ingester.opml import read_opml
+    from ingester.schedule import FeedSource, Schedule
+
+    config = load(args.config)
+    feeds = [FeedSource(f.url, None, f.title, f.category) for f in read_opml(args.file.read_bytes())]
+
+    async def work(redis: Any) -> int:
+        schedule = Schedule(redis, Keys(config.redis.namespace), lease=60)
+        added = await schedule.add(feeds, origin="import")
+        print(f"{added} new feeds of {len(feeds)} in {args.file}")
+        return 0
+
+    return _with_redis(config, work)
+
+
+def _feeds_export(args: argparse.Namespace) -> int:
+    from ingester.keys import Keys
+    from ingester.opml import OpmlFeed, write_opml
+
+    config = load(args.config)
+    keys = Keys(config.redis.namespace)
+
+    async def work(redis: Any) -> int:
+        feeds = []
+        for fid in sorted(await redis.hkeys(keys.feeds)):
+            state = await redis.hgetall(keys.feed(fid))
+            if state.get("url"):
+                feeds.append(OpmlFeed(state["url"], state.get("title") or None,
+                                      state.get("category") or None))
+        sys.stdout.buffer.write(write_opml(feeds))
+        return 0
+
+    return _with_redis(config, work)
+
+
+def _match(args: argparse.Namespace) -> int:
+    from ingester.matchcli import run_match
+
+    return run_match(args)

@@ -1,0 +1,294 @@
+"""Article extraction with trafilatura, run in a pool of worker processes.
+
+Each page runs in a pebble worker under a per-document timeout: a page that hangs or explodes the parser
+is cut and its worker replaced, and the event loop only awaits a future. Workers are capped in memory
+(RLIMIT_AS) and warmed up (dateparser compiles its locale regexes on first use, a multi-second stall).
+
+Options were chosen by measuring on ../shared/pages/trafilatura-eval/ (bench/extract_bench.py): dropping
+comments gives the best F1 of the variants tried; favor_precision/recall, no tables and dedup score lower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import re
+import resource
+import threading
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urljoin
+
+import lxml.etree  # type: ignore[import-untyped, unused-ignore]
+import lxml.html  # type: ignore[import-untyped, unused-ignore]
+import trafilatura
+from pebble import ProcessExpired, ProcessFuture, ProcessPool
+
+from ingester.record import utc_iso
+
+T = TypeVar("T")
+
+MAX_HTML_CHARS = 5_000_000  # longer pages are cut here; lxml recovers from the truncated markup
+MAX_TEXT_CHARS = 300_000  # an "article" longer than this is not one we want whole in a stream record
+MEMORY_LIMIT = 2 * 1024**3  # address space per worker process
+OPTIONS: dict[str, Any] = {"include_comments": False, "with_metadata": True, "output_format": "python"}
+
+_QUIET_LOGGERS = ("trafilatura", "htmldate", "courlan", "charset_normalizer", "dateparser", "justext")
+# Polish month name: htmldate hands it to dateparser, which then loads all its locales (the slow path).
+_WARMUP_HTML = (
+    "<html><head><title>Warm-up</title></head><body><article>"
+    "<p class='date'>Opublikowano: 3 marca 2021</p>"
+    f"<p>{'Some text for the extractor to keep. ' * 12}</p></article></body></html>"
+)
+
+
+@dataclass
+class Extracted:
+    title: str
+    text: str
+    authors: list[str] = field(default_factory=list)
+    published_at: str | None = None  # ISO 8601 UTC, "YYYY-MM-DDTHH:MM:SSZ"
+    language: str | None = None  # ISO 639-1, lowercase
+    canonical: str | None = None  # <link rel=canonical> or og:url as found, made absolute
+    sitename: str | None = None
+
+
+class ExtractError(Exception):
+    """The worker failed on this page (it crashed, ran out of memory, or raised)."""
+
+
+class ExtractTimeout(ExtractError):
+    """The page took longer than the per-document timeout; its worker was replaced."""
+
+
+# ---------------------------------------------------------------- in the worker process
+
+
+def extract_sync(html: str, url: str) -> Extracted | None:
+    """Extract one page; None when it has no main text (or is not HTML at all)."""
+    if not html or _looks_binary(html):
+        return None
+    try:
+        tree = trafilatura.load_html(html[:MAX_HTML_CHARS])
+        if tree is None:
+            return None
+        language, canonical, meta_date = _page_meta(tree, url)
+        document = trafilatura.bare_extraction(tree, url=url, **OPTIONS)
+    except (RecursionError, ValueError, lxml.etree.LxmlError):
+        return None
+    if document is None:
+        return None
+    data = document if isinstance(document, dict) else document.as_dict()
+    text = (data.get("text") or "").strip()
+    if not text:
+        return None
+    return Extracted(
+        title=(data.get("title") or "").strip(),
+        text=text[:MAX_TEXT_CHARS],
+        authors=_authors(data.get("author")),
+        published_at=meta_date or _day_iso(data.get("date")),
+        language=language,
+        canonical=canonical,
+        sitename=data.get("sitename") or None,
+    )
+
+
+def _looks_binary(html: str) -> bool:
+    """Compressed or binary bytes decoded as text: a magic number, or control characters real HTML lacks."""
+    head = html[:4096]
+    start = head.lstrip(" \t\r\n\f\ufeff")[:1]  # not str.lstrip(): it takes 0x1c-0x1f for spaces
+    if start and start < " ":  # gzip begins with 0x1f; no markup begins with a control character
+        return True
+    bad = sum(1 for c in head if (c < " " and c not in "\t\n\r\f") or c == "\ufffd")
+    return bad > len(head) * 0.02
+
+
+def _page_meta(tree: lxml.html.HtmlElement, url: str) -> tuple[str | None, str | None, str | None]:
+    """Language, canonical URL and a full publication timestamp, from the root and <head>."""
+    language = _language_code(tree.get("lang") or tree.get("xml:lang"))
+    canonical = og_url = published = None
+    head = tree.find("head")
+    for el in head.iter("link", "meta") if head is not None else ():
+        if el.tag == "link":
+            if canonical is None and "canonical" in (el.get("rel") or "").lower().split():
+                canonical = _absolute(el.get("href"), url)
+            continue
+        key = (el.get("property") or el.get("name") or el.get("itemprop") or "").lower()
+        content = el.get("content")
+        if key == "og:url" and og_url is None:
+            og_url = _absolute(content, url)
+        elif key in ("og:locale", "language") or (el.get("http-equiv") or "").lower() == "content-language":
+            language = language or _language_code(content)
+        elif key in ("article:published_time", "datepublished", "og:published_time") and published is None:
+            published = _timestamp(content)
+    return language, canonical or og_url, published
+
+
+def _language_code(value: str | None) -> str | None:
+    """"en-US", "de_DE", "FR" -> "en", "de", "fr"; anything that is not a two-letter code -> None."""
+    if not value:
+        return None
+    code = re.split(r"[-_,;\s]", value.strip(), maxsplit=1)[0].lower()
+    return code if len(code) == 2 and code.isascii() and code.isalpha() else None
+
+
+def _absolute(href: str | None, base: str) -> str | None:
+    href = (href or "").strip()
+    if not href:
+        return None
+    try:
+        return urljoin(base, href)
+    except ValueError:
+        return None
+
+
+def _timestamp(value: str | None) -> str | None:
+    """An ISO 8601 timestamp with a time of day, as UTC; None if absent, date-only or implausible."""
+    if not value or "T" not in value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if not datetime(1990, 1, 1, tzinfo=UTC) <= moment <= datetime.now(UTC) + timedelta(days=1):
+        return None
+    return utc_iso(moment)
+
+
+def _day_iso(value: str | None) -> str | None:
+    """trafilatura's date (YYYY-MM-DD, from htmldate) as midnight UTC."""
+    try:
+        return utc_iso(datetime.strptime(value or "", "%Y-%m-%d").replace(tzinfo=UTC))
+    except ValueError:
+        return None
+
+
+def _authors(value: str | None) -> list[str]:
+    return [a.strip() for a in (value or "").split(";") if a.strip()]
+
+
+def _init_worker(memory_limit: int) -> None:
+    """Cap the worker's memory, silence library logging, and pay dateparser's warm-up now."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    with suppress(Exception):  # a failed warm-up only costs time later
+        extract_sync(_WARMUP_HTML, "https://warmup.invalid/warm-up")
+
+
+# ---------------------------------------------------------------- in the daemon
+
+
+class Extractor:
+    """A process pool of extractors; `extract` never blocks the event loop.
+
+    Workers come from a forkserver (a clean single-threaded process with trafilatura imported), not
+    forked from the daemon with its threads and sockets, and they do not inherit its address space
+    under the memory cap. As with any non-fork start method, the program's main module must be
+    import-safe (`if __name__ == "__main__":`).
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float = 30.0,
+                 memory_limit: int = MEMORY_LIMIT) -> None:
+        self.timeout = timeout
+        self.workers = workers or os.cpu_count() or 1
+        self._memory_limit = memory_limit
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["ingester.extract"])
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPool:
+        return ProcessPool(max_workers=self.workers, initializer=_init_worker,
+                           initargs=(self._memory_limit,), context=self._context)
+
+    async def extract(self, html: str, url: str) -> Extracted | None:
+        """The page's article, or None when it has no main text.
+
+        Raises ExtractTimeout past the per-document timeout, ExtractError when the worker died or failed.
+        Cancelling the call stops the worker running the page.
+        """
+        return await self._run(extract_sync, html, url)
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a picklable function in the pool under the per-document timeout."""
+        for attempt in (1, 2):
+            try:
+                return await asyncio.wrap_future(self._schedule(function, args))
+            except BrokenProcessPool:
+                # pebble gives up on the whole pool when a worker dies while none is busy (e.g. one
+                # killed while idle); that is not this page's fault: start a fresh pool and retry once.
+                if attempt == 2:
+                    raise ExtractError("the worker pool broke twice in a row") from None
+            except TimeoutError:
+                raise ExtractTimeout(f"no result within {self.timeout:g} s; worker replaced") from None
+            except ProcessExpired as exc:
+                raise ExtractError(f"worker died: {exc}") from None
+            except Exception as exc:
+                raise ExtractError(f"{type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _schedule(self, function: Callable[..., T], args: tuple[Any, ...]) -> ProcessFuture[T]:
+        if not self._pool.active:
+            self._retire(self._pool)
+            self._pool = self._new_pool()
+        return self._pool.schedule(function, args=args, timeout=self.timeout)
+
+    @staticmethod
+    def _retire(pool: ProcessPool) -> None:
+        """Stop a broken pool; joining it blocks, so that happens on a thread of its own."""
+        pool.stop()  # type: ignore[no-untyped-call]
+        threading.Thread(target=pool.join, name="extract-pool-retire", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the workers (pending pages are cancelled)."""
+        self._pool.stop()  # type: ignore[no-untyped-call]
+        self._pool.join(timeout=10)
+
+
+# ---------------------------------------------------------------- feed HTML
+
+
+_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "figure",
+    "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "ol", "p", "pre", "section",
+    "table", "td", "th", "tr", "ul",
+})
+_DROP = ("script", "style", "noscript", "template", "iframe", "object", "embed")
+_SPACES = re.compile(r"[ \t\f\v\xa0\u200b]+")
+
+
+def html_to_text(fragment: str) -> str:
+    """Plain text of a feed's HTML summary or content: blocks become lines, scripts and styles go."""
+    if not fragment or not fragment.strip():
+        return ""
+    try:
+        root = lxml.html.fragment_fromstring(_strip_xml_declaration(fragment), create_parent="div")
+    except (lxml.etree.ParserError, ValueError):
+        return _squash(fragment)
+    for el in list(root.iter(*_DROP)):
+        el.drop_tree()
+    for el in root.iter(*_BLOCKS):
+        el.tail = "\n" + (el.tail or "")
+        if el.tag != "br":
+            el.text = "\n" + (el.text or "")
+    return _squash(root.text_content())
+
+
+def _strip_xml_declaration(fragment: str) -> str:
+    """lxml refuses str input that declares an encoding."""
+    return re.sub(r"^\s*<\?xml[^>]*\?>", "", fragment)
+
+
+def _squash(text: str) -> str:
+    lines = (_SPACES.sub(" ", line).strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line)

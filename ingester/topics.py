@@ -1,0 +1,491 @@
+"""Match articles against many topic queries, score the matches, and explain them.
+
+A presearcher (after Lucene Monitor / Luwak) indexes every topic by a set of terms at least one of which
+a matching article must contain, so an article only evaluates the topics its own tokens can satisfy: the
+cost grows with the article, not with the number of topics. Matching is CPU-bound: callers on an event
+loop run it in an executor.
+
+The score sums the mentions of the query's positive clauses, each weighted by its position.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
+
+from ingester import query as q
+
+if TYPE_CHECKING:
+    from ingester.config import TopicConfig
+
+# Relevance: each mention of the query's positive clauses, weighted by how early it comes (the inverted
+# pyramid of news writing). See docs/queries.md, "Relevance score".
+LEAD_SCALE = 25  # tokens, about one sentence: a mention this far into the text counts 1/2, 4x as far 1/5
+MENTION_GAP = 10  # matches this close together (one phrase or sentence) are one mention
+TITLE_WEIGHT = 1.0  # a mention in the title counts as much as one at the very start of the text
+HEADLINE_MIN = 4  # a text that opens with this many tokens of the title repeats the headline
+
+Spans: TypeAlias = list[tuple[int, int]]  # inclusive token ranges, sorted by start
+Key: TypeAlias = tuple[object, ...]  # a position-free, hashable form of a positional leaf
+
+
+@dataclass
+class Doc:
+    title: str
+    text: str
+    language: str | None = None
+
+
+@dataclass
+class Fired:
+    """One clause that matched, in one field, at these token ranges."""
+
+    clause: str
+    field: str
+    spans: Spans
+    words: list[str]  # the matched tokens, one string per span
+
+    def __str__(self) -> str:
+        where = ", ".join(f"{s}" if s == e else f"{s}-{e}" for s, e in self.spans[:8])
+        more = f" (+{len(self.spans) - 8} more)" if len(self.spans) > 8 else ""
+        sample = "; ".join(dict.fromkeys(self.words[:4]))
+        return f"{self.clause} in {self.field} at {where}{more}: {sample}"
+
+
+@dataclass
+class Explanation:
+    query: str
+    matched: bool  # the boolean query is true
+    score: float  # relevance, 0 when not matched
+    min_score: float = 0.0
+    fired: list[Fired] = field(default_factory=list)  # positive clauses that matched (not those under NOT)
+    language: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Matched and relevant enough: what reaches the topic stream."""
+        return self.matched and self.score >= self.min_score
+
+    def __str__(self) -> str:
+        verdict = "MATCH" if self.passed else ("below min_score" if self.matched else "no match")
+        lines = [f"{verdict}: score {self.score:.3f} (min_score {self.min_score:g})", f"query: {self.query}"]
+        lines += [f"  {f}" for f in self.fired] or ["  no positive clause matched"]
+        return "\n".join(lines)
+
+
+# --- the analysed article --------------------------------------------------------------------------------
+
+class _Article:
+    """An article tokenized once, with per-field token -> positions maps and a per-article span cache."""
+
+    def __init__(self, doc: Doc) -> None:
+        self.tokens = {"title": q.tokenize(doc.title), "text": q.tokenize(doc.text)}
+        self.positions: dict[str, dict[str, list[int]]] = {}
+        for name, tokens in self.tokens.items():
+            positions: dict[str, list[int]] = {}
+            for i, token in enumerate(tokens):
+                positions.setdefault(token, []).append(i)
+            self.positions[name] = positions
+        self.length = len(self.tokens["title"]) + len(self.tokens["text"])
+        self.language = (doc.language or "").replace("_", "-").split("-")[0].lower() or None
+        self._vocab: dict[str, list[str]] = {}
+        self._spans: dict[tuple[Key, str], Spans] = {}
+        self._headline: int | None = None
+
+    @property
+    def headline(self) -> int:
+        """How many opening text tokens repeat the title (extracted pages and digests often do)."""
+        if self._headline is None:
+            self._headline = _repeated_headline(self.tokens["title"], self.tokens["text"])
+        return self._headline
+
+    def vocabulary(self) -> set[str]:
+        return self.positions["title"].keys() | self.positions["text"].keys()
+
+    def spans(self, key: Key, fieldname: str) -> Spans:
+        cached = self._spans.get((key, fieldname))
+        if cached is None:
+            cached = self._spans[(key, fieldname)] = self._compute(key, fieldname)
+        return cached
+
+    def _compute(self, key: Key, fieldname: str) -> Spans:
+        kind = key[0]
+        positions = self.positions[fieldname]
+        if kind == "t":
+            return [(p, p) for p in positions.get(str(key[1]), ())]
+        if kind == "w":
+            return self._prefix(str(key[1]), fieldname)
+        if kind == "p":
+            return _phrase(key[1], bool(key[2]), self.tokens[fieldname], positions)  # type: ignore[arg-type]
+        if kind == "or":
+            merged = heapq.merge(*(self.spans(k, fieldname) for k in key[1]))  # type: ignore[attr-defined]
+            return list(dict.fromkeys(merged))
+        left, right, distance = key[1], key[2], key[3]
+        return _near(self.spans(left, fieldname), self.spans(right, fieldname), distance)  # type: ignore[arg-type]
+
+    def _prefix(self, prefix: str, fieldname: str) -> Spans:
+        vocab = self._vocab.get(fieldname)
+        if vocab is None:
+            vocab = self._vocab[fieldname] = sorted(self.positions[fieldname])
+        found: list[int] = []
+        for token in vocab[bisect.bisect_left(vocab, prefix):]:
+            if not token.startswith(prefix):
+                break
+            found += self.positions[fieldname][token]
+        return [(p, p) for p in sorted(found)]
+
+
+def _repeated_headline(title: list[str], text: list[str]) -> int:
+    """The end of a run of title tokens that the text opens with (allowing a short label such as "Topic:")."""
+    need = min(HEADLINE_MIN, len(title))
+    end = 0
+    for start in range(min(3, len(text))):
+        for j, token in enumerate(title):
+            if token != text[start]:
+                continue
+            size = 0
+            while start + size < len(text) and j + size < len(title) and text[start + size] == title[j + size]:
+                size += 1
+            if size >= need:
+                end = max(end, start + size)
+    return end
+
+
+def _phrase(words: tuple[str, ...], wildcard: bool, tokens: list[str], positions: dict[str, list[int]]) -> Spans:
+    exact = words[:-1] if wildcard else words
+    if any(w not in positions for w in exact):
+        return []
+    size = len(words)
+    if not wildcard:
+        return [(p, p + size - 1) for p in positions[words[0]] if tokens[p : p + size] == list(words)]
+    head, last, end = list(exact), words[-1], size - 1
+    return [
+        (p, p + end)
+        for p in positions[words[0]]
+        if tokens[p : p + end] == head and p + end < len(tokens) and tokens[p + end].startswith(last)
+    ]
+
+
+def _near(left: Spans, right: Spans, distance: int) -> Spans:
+    """Pairs of non-overlapping matches with a gap of 1..distance tokens, in either order; each spans both."""
+    if not left or not right:
+        return []
+    starts = [s for s, _ in right]
+    longest = max(e - s for s, e in right)
+    found: set[tuple[int, int]] = set()
+    for ls, le in left:
+        lo = bisect.bisect_left(starts, ls - distance - longest)
+        hi = bisect.bisect_right(starts, le + distance)
+        for rs, re_ in right[lo:hi]:
+            if 1 <= rs - le <= distance or 1 <= ls - re_ <= distance:
+                found.add((min(ls, rs), max(le, re_)))
+    return sorted(found)
+
+
+# --- compiled queries ------------------------------------------------------------------------------------
+
+def _key(node: q.Query) -> Key:
+    """A position-free key, so equal clauses of different topics share one cached evaluation."""
+    if isinstance(node, q.Term):
+        return ("t", node.token)
+    if isinstance(node, q.Prefix):
+        return ("w", node.prefix)
+    if isinstance(node, q.Phrase):
+        return ("p", node.tokens, node.wildcard)
+    if isinstance(node, q.Or):
+        return ("or", tuple(_key(c) for c in node.children))
+    assert isinstance(node, q.Near)
+    return ("n", _key(node.left), _key(node.right), node.distance)
+
+
+def _describe(key: Key) -> str:
+    kind = key[0]
+    if kind == "t":
+        return str(key[1])
+    if kind == "w":
+        return f"{key[1]}*"
+    if kind == "p":
+        return '"' + " ".join(key[1]) + ("*" if key[2] else "") + '"'  # type: ignore[arg-type]
+    if kind == "or":
+        return "(" + " OR ".join(_describe(k) for k in key[1]) + ")"  # type: ignore[attr-defined]
+    return f"{_describe(key[1])} NEAR/{key[3]} {_describe(key[2])}"  # type: ignore[arg-type]
+
+
+Hits: TypeAlias = list[tuple[str, int]]  # (field, start position) of positive matches
+
+
+class _Node:
+    __slots__ = ()
+
+    def true(self, art: _Article) -> bool:
+        raise NotImplementedError
+
+    def evidence(self, art: _Article, fired: list[Fired] | None) -> Hits | None:
+        """The positive matches that make this node true; None when it carries none (NOT, lang:)."""
+        raise NotImplementedError
+
+
+class _Leaf(_Node):
+    __slots__ = ("fields", "key")
+
+    def __init__(self, key: Key, fields: tuple[str, ...]) -> None:
+        self.key, self.fields = key, fields
+
+    def true(self, art: _Article) -> bool:
+        return any(art.spans(self.key, f) for f in self.fields)
+
+    def evidence(self, art: _Article, fired: list[Fired] | None) -> Hits:
+        hits: Hits = []
+        for name in self.fields:
+            spans = art.spans(self.key, name)
+            hits += [(name, s) for s, _ in spans]
+            if fired is not None and spans:
+                words = [" ".join(art.tokens[name][s : e + 1]) for s, e in spans]
+                fired.append(Fired(_describe(self.key), name, spans, words))
+        return hits
+
+
+class _And(_Node):
+    __slots__ = ("children",)
+
+    def __init__(self, children: list[_Node]) -> None:
+        self.children = children
+
+    def true(self, art: _Article) -> bool:
+        return all(c.true(art) for c in self.children)
+
+    def evidence(self, art: _Article, fired: list[Fired] | None) -> Hits | None:
+        # a conjunction is only as strong as its weakest required clause
+        options = [h for c in self.children if (h := c.evidence(art, fired)) is not None]
+        return min(options, key=lambda h: weigh(h, art)) if options else None
+
+
+class _Or(_Node):
+    __slots__ = ("children",)
+
+    def __init__(self, children: list[_Node]) -> None:
+        self.children = children
+
+    def true(self, art: _Article) -> bool:
+        return any(c.true(art) for c in self.children)
+
+    def evidence(self, art: _Article, fired: list[Fired] | None) -> Hits | None:
+        # alternatives pool their matches: two synonyms in one sentence are still one mention
+        pooled: Hits | None = None
+        for child in self.children:
+            if child.true(art) and (hits := child.evidence(art, fired)) is not None:
+                pooled = hits if pooled is None else pooled + hits
+        return pooled
+
+
+class _Not(_Node):
+    __slots__ = ("child",)
+
+    def __init__(self, child: _Node) -> None:
+        self.child = child
+
+    def true(self, art: _Article) -> bool:
+        return not self.child.true(art)
+
+    def evidence(self, art: _Article, fired: list[Fired] | None) -> None:
+        return None  # an exclusion is a filter, not evidence
+
+
+class _Lang(_Node):
+    __slots__ = ("code",)
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def true(self, art: _Article) -> bool:
+        return art.language == self.code
+
+    def evidence(self, art: _Article, fired: list[Fired] | None) -> None:
+        return None
+
+
+def _compile(node: q.Query, fields: tuple[str, ...] = q.FIELDS) -> _Node:
+    if isinstance(node, q.Field):
+        return _compile(node.child, (node.field,))
+    if isinstance(node, q.And):
+        return _And([_compile(c, fields) for c in node.children])
+    if isinstance(node, q.Or):
+        return _Or([_compile(c, fields) for c in node.children])
+    if isinstance(node, q.Not):
+        return _Not(_compile(node.child, fields))
+    if isinstance(node, q.Lang):
+        return _Lang(node.code)
+    return _Leaf(_key(node), fields)
+
+
+def weigh(hits: Hits, art: _Article) -> float:
+    """Sum over mentions of 1 / (1 + position / LEAD_SCALE); title mentions count TITLE_WEIGHT each.
+
+    A mention is a run of matches less than MENTION_GAP tokens apart. Text positions count from the end of
+    a repeated headline, so a headline copied into the text is neither counted twice nor taken as the lead.
+    """
+    title = sorted(p for f, p in hits if f == "title")
+    skip = art.headline
+    text = sorted(p - skip for f, p in hits if f == "text" and p >= skip)
+    return TITLE_WEIGHT * len(_mentions(title)) + sum(1 / (1 + p / LEAD_SCALE) for p in _mentions(text))
+
+
+def _mentions(positions: list[int]) -> list[int]:
+    """The first position of each run of positions less than MENTION_GAP apart."""
+    starts: list[int] = []
+    last = -MENTION_GAP - 1
+    for p in positions:
+        if p - last > MENTION_GAP:
+            starts.append(p)
+        last = p
+    return starts
+
+
+def relevance(root: _Node, art: _Article, fired: list[Fired] | None = None) -> float:
+    """The score of a matching article; 1.0 when the query has no positive clause (lang:-only, NOT-only)."""
+    hits = root.evidence(art, fired)
+    return 1.0 if hits is None else round(weigh(hits, art), 3)
+
+
+# --- presearcher -----------------------------------------------------------------------------------------
+
+_COMMON = frozenset(
+    "a an and are as at be by for from has have in is it its of on or that the this to was were will with"
+    " s he she they said says new".split()
+)
+
+
+def _weight(term: tuple[str, str]) -> float:
+    """How selective an index term probably is: long words are rare, stop words and short prefixes are not."""
+    kind, text = term
+    if text in _COMMON:
+        return 0.1
+    base = min(len(text), 8) / 8
+    return base * (0.6 if kind == "w" else 1.0)
+
+
+def _strength(terms: frozenset[tuple[str, str]]) -> float:
+    return min(_weight(t) for t in terms) / len(terms) ** 0.5
+
+
+def required_terms(node: q.Query) -> frozenset[tuple[str, str]] | None:
+    """Terms ("t", token) or prefixes ("w", prefix) of which any match must contain one; None if none."""
+    if isinstance(node, q.Term):
+        return frozenset({("t", node.token)})
+    if isinstance(node, q.Prefix):
+        return frozenset({("w", node.prefix)})
+    if isinstance(node, q.Phrase):
+        options = [("t", t) for t in node.tokens[:-1]]
+        options.append(("w" if node.wildcard else "t", node.tokens[-1]))
+        return frozenset({max(options, key=_weight)})
+    if isinstance(node, q.Field):
+        return required_terms(node.child)
+    if isinstance(node, q.Near):
+        options = [required_terms(node.left), required_terms(node.right)]
+        return max((o for o in options if o), key=_strength, default=None)
+    if isinstance(node, q.Or):
+        union: set[tuple[str, str]] = set()
+        for child in node.children:
+            terms = required_terms(child)
+            if terms is None:
+                return None
+            union |= terms
+        return frozenset(union)
+    if isinstance(node, q.And):
+        options = [t for c in node.children if (t := required_terms(c))]
+        return max(options, key=_strength, default=None)
+    return None  # NOT and lang: require nothing
+
+
+@dataclass
+class _Topic:
+    name: str
+    query: str
+    min_score: float
+    root: _Node
+
+
+class TopicSet:
+    """Compiled topics with a presearch index; match() returns topic -> score for the relevant ones."""
+
+    def __init__(self, topics: Sequence[TopicConfig]) -> None:
+        self.topics: list[_Topic] = []
+        self._by_name: dict[str, _Topic] = {}
+        self._terms: dict[str, list[int]] = {}
+        self._prefixes: dict[str, list[int]] = {}
+        self._always: list[int] = []
+        for index, config in enumerate(topics):
+            ast = q.parse(config.query)
+            topic = _Topic(config.name, config.query, config.min_score, _compile(ast))
+            self.topics.append(topic)
+            self._by_name[config.name] = topic
+            self._index(index, required_terms(ast))
+        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
+
+    def _index(self, index: int, terms: frozenset[tuple[str, str]] | None) -> None:
+        if terms is None:
+            self._always.append(index)
+            return
+        for kind, text in terms:
+            (self._prefixes if kind == "w" else self._terms).setdefault(text, []).append(index)
+
+    def candidates(self, vocabulary: Iterable[str]) -> list[int]:
+        """Indexes of the topics an article with these tokens could match, in configuration order."""
+        found = set(self._always)
+        terms, prefixes, lengths = self._terms, self._prefixes, self._prefix_lengths
+        for token in vocabulary:
+            if (hit := terms.get(token)) is not None:
+                found.update(hit)
+            for size in lengths:
+                if size > len(token):
+                    break
+                if (hit := prefixes.get(token[:size])) is not None:
+                    found.update(hit)
+        return sorted(found)
+
+    def match(self, doc: Doc) -> dict[str, float]:
+        """Topic name -> score for every topic whose query matches and whose score reaches its min_score."""
+        art = _Article(doc)
+        result: dict[str, float] = {}
+        for index in self.candidates(art.vocabulary()):
+            topic = self.topics[index]
+            if topic.root.true(art):
+                score = relevance(topic.root, art)
+                if score >= topic.min_score:
+                    result[topic.name] = score
+        return result
+
+    def match_all(self, doc: Doc) -> dict[str, float]:
+        """Like match(), but evaluating every topic: the presearcher's reference, for tests and benchmarks."""
+        art = _Article(doc)
+        result: dict[str, float] = {}
+        for topic in self.topics:
+            if topic.root.true(art):
+                score = relevance(topic.root, art)
+                if score >= topic.min_score:
+                    result[topic.name] = score
+        return result
+
+    def explain(self, name: str, doc: Doc) -> Explanation:
+        topic = self._by_name.get(name)
+        if topic is None:
+            raise KeyError(f"no topic named {name!r}")
+        return _explain(topic.query, topic.root, doc, topic.min_score)
+
+
+def _explain(text: str, root: _Node, doc: Doc, min_score: float) -> Explanation:
+    art = _Article(doc)
+    fired: list[Fired] = []
+    matched = root.true(art)
+    score = relevance(root, art, fired)
+    if not matched:
+        score = 0.0
+    return Explanation(text, matched, score, min_score, fired, art.language)
+
+
+def match_query(query: str, doc: Doc, min_score: float = 0.0) -> Explanation:
+    """Match one query without a configuration (`ingester match --query`); raises QueryError."""
+    return _explain(query, _compile(q.parse(query)), doc, min_score)

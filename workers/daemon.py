@@ -1,0 +1,171 @@
+"""The daemon: builds the stages from the config, runs them until SIGTERM/SIGINT, reloads on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from ingester import config as config_mod
+from ingester.articles import ArticleStage
+from ingester.config import Config
+from ingester.connection import connect, safe_url
+from ingester.embedded import EmbeddedRedis, EmbeddedRedisBusy, default_data_dir
+from ingester.extract import Extractor
+from ingester.keys import Keys
+from ingester.neardup import NearDupIndex
+from ingester.opml import read_opml
+from ingester.poll import Poller
+from ingester.politeness import Gate
+from ingester.pool import WorkerPool
+from ingester.publish import Publisher
+from ingester.safehttp import SafeClient
+from ingester.schedule import FeedSource, Schedule
+from ingester.streams import Consumer
+from ingester.topics import TopicSet
+from workers.articles import GROUP as ARTICLES_GROUP
+from workers.articles import ArticleWorker
+from workers.maintenance import Maintenance
+from workers.poller import TICK_SECONDS, PollWorker
+
+log = structlog.get_logger("ingester.daemon")
+
+
+def feed_sources(config: Config) -> list[FeedSource]:
+    """[[feeds]] and the feeds of the [sources] OPML files, first mention wins."""
+    sources = {f.url: FeedSource(f.url, f.interval) for f in config.feeds}
+    for name in config.sources.opml:
+        for feed in read_opml(config.path(name).read_bytes()):
+            sources.setdefault(feed.url, FeedSource(feed.url, None, feed.title, feed.category))
+    return list(sources.values())
+
+
+@contextlib.asynccontextmanager
+async def open_redis(config: Config, *, attach: bool = False) -> AsyncIterator[aioredis.Redis]:
+    """The configured Redis, or a private redis-server child when none is configured.
+
+    attach=True (CLI tools) uses the embedded server of a daemon already running on the same data.
+    """
+    url = config.redis_url
+    embedded = None
+    if url is None:
+        data_dir = Path(config.redis.data_dir).expanduser() if config.redis.data_dir else default_data_dir()
+        embedded = EmbeddedRedis(data_dir)
+        try:
+            url = await asyncio.to_thread(embedded.start)
+            log.info("embedded redis-server started", data_dir=str(data_dir))
+        except EmbeddedRedisBusy as busy:
+            if not (attach and busy.url):
+                raise
+            url, embedded = busy.url, None
+    client = connect(url)
+    try:
+        await client.ping()
+        log.info("redis connected", url=safe_url(url))
+        yield client
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+class Daemon:
+    def __init__(self, config_path: str | Path, *, consumer_name: str | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.config = config_mod.load(self.config_path)
+        self.name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        async with open_redis(self.config) as redis:
+            await self._run(redis)
+
+    async def _run(self, redis: aioredis.Redis) -> None:
+        config = self.config
+        self.redis = redis
+        keys = Keys(config.redis.namespace)
+        gate = Gate(redis, keys, concurrency=config.network.host_concurrency,
+                    min_gap=config.network.host_min_gap)
+        client = SafeClient(config.network, gate=gate)
+        parser = WorkerPool(max(1, (os.cpu_count() or 2) // 2), timeout=20.0)
+        extractor = Extractor(workers=config.articles.workers, timeout=config.articles.extract_timeout)
+        schedule = Schedule(redis, keys, lease=2 * config.network.timeout + 30)
+        near = NearDupIndex(redis, keys, threshold=config.articles.near_duplicate_threshold,
+                            retention=config.articles.dedup_retention)
+        stage = ArticleStage(config, client, extractor, parser, Publisher(
+            redis, keys, retention=config.articles.dedup_retention, near=near), near,
+            TopicSet(config.topics))
+        consumer = Consumer(redis, [keys.entries], ARTICLES_GROUP, self.name, dead_stream=keys.dead,
+                            stage="articles", reclaim_idle=config.articles.reclaim_idle,
+                            max_attempts=config.articles.max_attempts)
+        articles = ArticleWorker(stage, consumer, config.articles.concurrency)
+        polls = PollWorker(Poller(redis, keys, config, client, parser, schedule, gate), schedule,
+                           config.polling.concurrency)
+        maintenance = Maintenance(redis, keys, config)
+        self.schedule, self.stage = schedule, stage
+        added, removed = await schedule.sync(feed_sources(config))
+        log.info("feeds synced", added=added, removed=removed,
+                 total=len(await schedule.feeds()))
+        await consumer.setup()
+
+        scheduler = AsyncIOScheduler()
+        job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        scheduler.add_job(polls.tick, "interval", seconds=TICK_SECONDS, **job)
+        scheduler.add_job(maintenance.run, "interval", seconds=60, **job)
+        scheduler.start()
+        article_task = asyncio.create_task(articles.run(self.stop))
+        self._install_signals()
+        self.ready.set()
+        log.info("ingester running", feeds=len(await schedule.feeds()), topics=len(config.topics),
+                 consumer=self.name)
+        try:
+            await self.stop.wait()
+        finally:
+            log.info("stopping", grace=config.server.shutdown_grace)
+            scheduler.shutdown(wait=False)
+            await self._drain(polls, articles, article_task, config.server.shutdown_grace)
+            await client.aclose()
+            extractor.close()
+            parser.close()
+            log.info("stopped")
+
+    @staticmethod
+    async def _drain(polls: PollWorker, articles: ArticleWorker, reader: asyncio.Task[None],
+                     grace: float) -> None:
+        """Finish in-flight work within the grace period; what is left stays unacknowledged."""
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await asyncio.gather(polls.drain(grace), articles.drain(grace))
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; new feeds and topics apply, a broken config changes nothing."""
+        try:
+            config = config_mod.load(self.config_path)
+            topics = TopicSet(config.topics)
+            added, removed = await self.schedule.sync(feed_sources(config))
+        except Exception as exc:
+            log.error("reload failed; keeping the running config", error=str(exc))
+            return
+        self.stage.topics = topics
+        log.info("reloaded", feeds_added=added, feeds_removed=removed, topics=len(config.topics))
+
+
+def run(config_path: str | Path) -> None:
+    daemon = Daemon(config_path)
+    asyncio.run(daemon.run())
+
