@@ -163,4 +163,4 @@ def _feeds_export(args: argparse.Namespace) -> int:
 def _match(args: argparse.Namespace) -> int:
     from ingester.matchcli import run_match
 
-    return run_match(args)
+    return int(run_match(args))

@@ -57,7 +57,7 @@ local now = tonumber(redis.call('TIME')[1])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
 for i = 2, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
-
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -cap)
   redis.call('ZADD', KEYS[i], now, ARGV[i + 2])
   redis.call('EXPIRE', KEYS[i], ttl)
 end

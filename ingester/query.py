@@ -178,7 +178,7 @@ def parse(text: str) -> Query:
 
 def _syntax_error(text: str, exc: UnexpectedInput) -> QueryError:
     if isinstance(exc, UnexpectedCharacters):  # the only character the lexer cannot start on is a quote
-        return QueryError(exc.pos_in_stream, "unterminated phrase: the closing quote is missing")
+        return QueryError(exc.pos_in_stream or 0, "unterminated phrase: the closing quote is missing")
     if not isinstance(exc, UnexpectedToken):
         return QueryError(len(text), "unexpected end of query")
     token = exc.token

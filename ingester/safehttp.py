@@ -128,11 +128,36 @@ def refusal(ip: IPAddress, allow: Sequence[IPNetwork] = ()) -> str | None:
     return None
 
 
+class _Resolver:
+    """getaddrinfo with a short cache: feeds of one host are polled one after another, and the
+    default executor has few threads. Only lookups are cached; every use is checked again."""
+
+    def __init__(self, ttl: float = 30.0, size: int = 4096) -> None:
+        self._ttl, self._size = ttl, size
+        self._cache: dict[tuple[str, int], tuple[float, list[IPAddress]]] = {}
+
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        loop = asyncio.get_running_loop()
+        hit = self._cache.get((host, port))
+        if hit and hit[0] > loop.time():
+            return hit[1]
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        if len(self._cache) >= self._size:
+            del self._cache[next(iter(self._cache))]  # the oldest entry
+        self._cache[(host, port)] = (loop.time() + self._ttl, addresses)
+        return addresses
+
+
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """Resolves host names itself, checks every address, then connects to the checked address."""
 
-    def __init__(self, allow: Sequence[IPNetwork]) -> None:
+    def __init__(self, allow: Sequence[IPNetwork], resolver: _Resolver) -> None:
         self._allow = allow
+        self._resolver = resolver
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
@@ -145,12 +170,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
                                              socket_options=socket_options)
 
     async def checked_address(self, host: str, port: int) -> str:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host.strip("[]"), port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        addresses = await self._resolver.resolve(host.strip("[]"), port)
         for ip in addresses:  # one bad address refuses the host: no racing the resolver
             if reason := refusal(ip, self._allow):
                 raise BlockedAddress(host, f"refused: {host} resolves to {reason}")
@@ -166,14 +186,15 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 class _GuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, allow: Sequence[IPNetwork], limits: httpx.Limits, ssl_context: typing.Any) -> None:
+    def __init__(self, allow: Sequence[IPNetwork], limits: httpx.Limits, ssl_context: typing.Any,
+                 resolver: _Resolver) -> None:
         super().__init__(limits=limits, verify=ssl_context, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_GuardedBackend(allow),
+            network_backend=_GuardedBackend(allow, resolver),
         )
 
 
@@ -327,7 +348,8 @@ class SafeClient:
         limits = httpx.Limits(max_connections=connections_per_pool,
                               max_keepalive_connections=connections_per_pool)
         ssl_context = httpx.create_ssl_context(trust_env=False)  # certifi's roots, made once
-        self._transports = [_GuardedTransport(network.allow_private, limits, ssl_context)
+        resolver = _Resolver()
+        self._transports = [_GuardedTransport(network.allow_private, limits, ssl_context, resolver)
                             for _ in range(pools)]
         self._headers = httpx.Headers({"User-Agent": network.user_agent, "Accept": "*/*",
                                        "Accept-Encoding": ACCEPT_ENCODING})
@@ -354,7 +376,7 @@ class SafeClient:
                       redact: Callable[[str], str] | None = None) -> Response:
         shown = redact or (lambda u: u)
         deadline = timeout if timeout is not None else self.network.timeout
-        hop = _Hop(method, httpx.Headers(headers), content, max_bytes or self.network.max_bytes,
+        hop = _Hop(method, _headers(headers), content, max_bytes or self.network.max_bytes,
                    deadline, shown)
         try:
             async with asyncio.timeout(deadline) as budget:
@@ -469,6 +491,11 @@ class _Hop:
         if (source.scheme, source.host, source.port) != (target.scheme, target.host, target.port):
             for name in ("authorization", "cookie"):  # credentials stay with their origin
                 self.headers.pop(name, None)
+
+
+def _headers(headers: dict[str, str] | None) -> httpx.Headers:
+    """Caller headers; a non-ASCII value (an ETag a server sent in UTF-8) goes out as UTF-8."""
+    return httpx.Headers([(k.encode("ascii"), v.encode("utf-8")) for k, v in (headers or {}).items()])
 
 
 def _checked_url(url: str, first: str, shown: Callable[[str], str]) -> httpx.URL:

@@ -29,6 +29,7 @@ DIGEST_URL_MAX = 1000  # a longer link is shown without the link, it would crowd
 ELLIPSIS = "…"
 
 _SPACE = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not encodable: the JSON body could not be written
 _ENTITY_TAIL = re.compile(r"&[a-z]{0,3}$")  # a cut inside &amp; &lt; &gt;
 
 
@@ -39,7 +40,7 @@ def escape(text: str) -> str:
 
 def clean(text: str) -> str:
     """Whitespace collapsed to single spaces (newlines in a title would break the layout)."""
-    return _SPACE.sub(" ", text).strip()
+    return _SURROGATE.sub("\ufffd", _SPACE.sub(" ", text)).strip()
 
 
 def truncate(text: str, limit: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -92,7 +92,7 @@ class _Article:
         self.length = len(self.tokens["title"]) + len(self.tokens["text"])
         self.language = (doc.language or "").replace("_", "-").split("-")[0].lower() or None
         self._vocab: dict[str, list[str]] = {}
-        self._spans: dict[tuple[Key, str], Spans] = {}
+        self._spans: dict[int, Spans] = {}
         self._headline: int | None = None
 
     @property
@@ -105,10 +105,13 @@ class _Article:
     def vocabulary(self) -> set[str]:
         return self.positions["title"].keys() | self.positions["text"].keys()
 
-    def spans(self, key: Key, fieldname: str) -> Spans:
-        cached = self._spans.get((key, fieldname))
+    def spans(self, key: Key, fieldname: str, slot: int | None = None) -> Spans:
+        """The matches of a positional clause in one field, computed once per article."""
+        if slot is None:
+            slot = _slot(key, fieldname)
+        cached = self._spans.get(slot)
         if cached is None:
-            cached = self._spans[(key, fieldname)] = self._compute(key, fieldname)
+            cached = self._spans[slot] = self._compute(key, fieldname)
         return cached
 
     def _compute(self, key: Key, fieldname: str) -> Spans:
@@ -136,6 +139,13 @@ class _Article:
                 break
             found += self.positions[fieldname][token]
         return [(p, p) for p in sorted(found)]
+
+
+_SLOTS: dict[tuple[Key, str], int] = {}  # (clause, field) -> small int: cheap cache keys shared by all topics
+
+
+def _slot(key: Key, fieldname: str) -> int:
+    return _SLOTS.setdefault((key, fieldname), len(_SLOTS))
 
 
 def _repeated_headline(title: list[str], text: list[str]) -> int:
@@ -201,6 +211,19 @@ def _key(node: q.Query) -> Key:
     return ("n", _key(node.left), _key(node.right), node.distance)
 
 
+def _needed_tokens(key: Key) -> tuple[str, ...]:
+    """Tokens that every match of the clause contains (a cheap test before computing spans)."""
+    kind = key[0]
+    if kind == "t":
+        return (str(key[1]),)
+    if kind == "p":
+        words: tuple[str, ...] = key[1]  # type: ignore[assignment]
+        return words[:-1] if key[2] else words
+    if kind == "n":
+        return _needed_tokens(key[1]) + _needed_tokens(key[2])  # type: ignore[arg-type]
+    return ()
+
+
 def _describe(key: Key) -> str:
     kind = key[0]
     if kind == "t":
@@ -229,18 +252,24 @@ class _Node:
 
 
 class _Leaf(_Node):
-    __slots__ = ("fields", "key")
+    __slots__ = ("fields", "key", "needs", "slots")
 
     def __init__(self, key: Key, fields: tuple[str, ...]) -> None:
         self.key, self.fields = key, fields
+        self.slots = [(f, _slot(key, f)) for f in fields]
+        self.needs = _needed_tokens(key)  # all must occur in a field before its spans are worth computing
 
     def true(self, art: _Article) -> bool:
-        return any(art.spans(self.key, f) for f in self.fields)
+        for name, slot in self.slots:
+            positions = art.positions[name]
+            if all(t in positions for t in self.needs) and art.spans(self.key, name, slot):
+                return True
+        return False
 
     def evidence(self, art: _Article, fired: list[Fired] | None) -> Hits:
         hits: Hits = []
-        for name in self.fields:
-            spans = art.spans(self.key, name)
+        for name, slot in self.slots:
+            spans = art.spans(self.key, name, slot)
             hits += [(name, s) for s, _ in spans]
             if fired is not None and spans:
                 words = [" ".join(art.tokens[name][s : e + 1]) for s, e in spans]
@@ -353,8 +382,7 @@ def relevance(root: _Node, art: _Article, fired: list[Fired] | None = None) -> f
 # --- presearcher -----------------------------------------------------------------------------------------
 
 _COMMON = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was were will with"
-    " s he she they said says new".split()
+    ["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with", "s", "he", "she", "they", "said", "says", "new"]
 )
 
 
@@ -364,7 +392,7 @@ def _weight(term: tuple[str, str]) -> float:
     if text in _COMMON:
         return 0.1
     base = min(len(text), 8) / 8
-    return base * (0.6 if kind == "w" else 1.0)
+    return float(base * (0.6 if kind == "w" else 1.0))
 
 
 def _strength(terms: frozenset[tuple[str, str]]) -> float:
@@ -378,14 +406,14 @@ def required_terms(node: q.Query) -> frozenset[tuple[str, str]] | None:
     if isinstance(node, q.Prefix):
         return frozenset({("w", node.prefix)})
     if isinstance(node, q.Phrase):
-        options = [("t", t) for t in node.tokens[:-1]]
-        options.append(("w" if node.wildcard else "t", node.tokens[-1]))
-        return frozenset({max(options, key=_weight)})
+        words = [("t", t) for t in node.tokens[:-1]]
+        words.append(("w" if node.wildcard else "t", node.tokens[-1]))
+        return frozenset({max(words, key=_weight)})
     if isinstance(node, q.Field):
         return required_terms(node.child)
     if isinstance(node, q.Near):
-        options = [required_terms(node.left), required_terms(node.right)]
-        return max((o for o in options if o), key=_strength, default=None)
+        sides = [t for side in (node.left, node.right) if (t := required_terms(side))]
+        return max(sides, key=_strength, default=None)
     if isinstance(node, q.Or):
         union: set[tuple[str, str]] = set()
         for child in node.children:
@@ -395,9 +423,34 @@ def required_terms(node: q.Query) -> frozenset[tuple[str, str]] | None:
             union |= terms
         return frozenset(union)
     if isinstance(node, q.And):
-        options = [t for c in node.children if (t := required_terms(c))]
-        return max(options, key=_strength, default=None)
+        conjuncts = [t for c in node.children if (t := required_terms(c))]
+        return max(conjuncts, key=_strength, default=None)
     return None  # NOT and lang: require nothing
+
+
+Test: TypeAlias = Callable[[_Article, dict[str, list[int]], dict[str, list[int]], list[_Node]], bool]
+_FIELD_VAR = {"title": "t", "text": "x"}
+
+
+def _source(node: _Node, nodes: list[_Node]) -> str:
+    """A Python expression for the node's truth: single-word leaves become dict lookups inline."""
+    if isinstance(node, _Leaf) and node.key[0] == "t":
+        return "(" + " or ".join(f"{node.key[1]!r} in {_FIELD_VAR[f]}" for f in node.fields) + ")"
+    if isinstance(node, _And | _Or):
+        glue = " and " if isinstance(node, _And) else " or "
+        return "(" + glue.join(_source(c, nodes) for c in node.children) + ")"
+    if isinstance(node, _Not):
+        return f"(not {_source(node.child, nodes)})"
+    nodes.append(node)
+    return f"n[{len(nodes) - 1}].true(a)"
+
+
+def _test(root: _Node) -> tuple[Test, list[_Node]]:
+    """The query's truth as one compiled function: a tenth of the cost of walking the tree per article."""
+    nodes: list[_Node] = []
+    expression = _source(root, nodes)
+    test: Test = eval(f"lambda a, t, x, n: {expression}", {"__builtins__": {}})
+    return test, nodes
 
 
 @dataclass
@@ -406,6 +459,12 @@ class _Topic:
     query: str
     min_score: float
     root: _Node
+
+    def __post_init__(self) -> None:
+        self.test, self.nodes = _test(self.root)
+
+    def true(self, art: _Article) -> bool:
+        return self.test(art, art.positions["title"], art.positions["text"], self.nodes)
 
 
 class TopicSet:
@@ -452,7 +511,7 @@ class TopicSet:
         result: dict[str, float] = {}
         for index in self.candidates(art.vocabulary()):
             topic = self.topics[index]
-            if topic.root.true(art):
+            if topic.true(art):
                 score = relevance(topic.root, art)
                 if score >= topic.min_score:
                     result[topic.name] = score
@@ -463,7 +522,7 @@ class TopicSet:
         art = _Article(doc)
         result: dict[str, float] = {}
         for topic in self.topics:
-            if topic.root.true(art):
+            if topic.true(art):
                 score = relevance(topic.root, art)
                 if score >= topic.min_score:
                     result[topic.name] = score

@@ -58,3 +58,9 @@ async def redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]
         async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
             await client.delete(key)
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address() -> tuple[str, int]:
+    """pytest-httpserver on 127.0.0.1, so that http://localhost:PORT is another host for the same server."""
+    return ("127.0.0.1", 0)

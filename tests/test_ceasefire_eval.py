@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import shared_path
+
 from ingester.config import TopicConfig, load
 from ingester.topics import Doc, TopicSet
-
-from conftest import shared_path
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "example.toml"
 

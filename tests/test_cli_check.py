@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from ingester.config import REDIS_URL_ENV
-from ingester.embedded import SERVER_ENV, free_port
+from ingester.embedded import SERVER_ENV, find_server_binary, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = """
@@ -102,14 +105,37 @@ def test_password_in_config_file_is_never_printed(tmp_path: Path) -> None:
     assert "s3cretpw" not in done.stdout + done.stderr
 
 
-def test_wrong_password_is_not_echoed(tmp_path: Path, redis_url: str) -> None:
-    if not redis_url.startswith("redis://") or "@" in redis_url:
-        pytest.skip("needs the session's plain tcp redis-server")
-    url = redis_url.replace("redis://", "redis://:s3cretpw@")  # the server has no password
-    done = check(write(tmp_path, VALID), {REDIS_URL_ENV: url})
+@pytest.fixture
+def password_server(tmp_path: Path) -> Iterator[int]:
+    """A redis-server of our own that requires the password "rightpw"; yields its port."""
+    port = unused_port()
+    server = subprocess.Popen([find_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                               "--requirepass", "rightpw", "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, password="rightpw")
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_wrong_password_is_not_echoed(tmp_path: Path, password_server: int) -> None:
+    config = write(tmp_path, VALID)
+    done = check(config, {REDIS_URL_ENV: f"redis://:s3cretpw@127.0.0.1:{password_server}/0"})
     assert done.returncode != 0
     assert "s3cretpw" not in done.stdout + done.stderr
     assert len(output_of(done).splitlines()) == 1
+    done = check(config, {REDIS_URL_ENV: f"redis://:rightpw@127.0.0.1:{password_server}/0"})
+    assert done.returncode == 0, output_of(done)
+    assert "rightpw" not in done.stdout + done.stderr
 
 
 def test_bad_key_names_its_path(tmp_path: Path, redis_url: str) -> None:
@@ -123,7 +149,8 @@ def test_bad_key_names_its_path(tmp_path: Path, redis_url: str) -> None:
 
 
 def test_unknown_key_names_its_path(tmp_path: Path, redis_url: str) -> None:
-    done = check(write(tmp_path, VALID.replace("[polling]", "[polling]\nspeed = 3")), {REDIS_URL_ENV: redis_url})
+    config = write(tmp_path, VALID.replace("[polling]", "[polling]\nspeed = 3"))
+    done = check(config, {REDIS_URL_ENV: redis_url})
     assert done.returncode != 0
     assert "polling.speed: unknown key" in output_of(done)
 

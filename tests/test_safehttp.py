@@ -314,6 +314,33 @@ async def test_cross_origin_redirect_drops_credentials(serve) -> None:
     assert other.requests[0].headers["x-keep"] == "1"
 
 
+async def test_non_ascii_validator_is_sent_as_utf8(serve) -> None:
+    server = await serve(feed=respond(304, b""))
+    async with SafeClient(LOOPBACK_ONLY) as client:
+        response = await client.get(server.url("/feed"), {"If-None-Match": '"café"'})
+    assert response.status == 304
+    assert server.requests[0].headers["if-none-match"] == '"café"'.encode().decode("latin-1")
+
+
+async def test_header_injection_is_a_fetch_error(serve) -> None:
+    server = await serve(feed=respond())
+    async with SafeClient(LOOPBACK_ONLY) as client:
+        with pytest.raises(FetchError):
+            await client.get(server.url("/feed"), {"If-None-Match": '"x"\r\nX-Evil: 1'})
+    assert server.requests == []
+
+
+async def test_cached_lookup_is_still_checked(serve) -> None:
+    server = await serve(ok=respond())
+    before = refusals()
+    async with SafeClient(NO_PRIVATE) as client:
+        for _ in range(2):
+            with pytest.raises(BlockedAddress):
+                await client.get(f"http://localhost:{server.port}/ok")
+    assert refusals() == before + 2
+    assert server.connections == 0
+
+
 # --- byte cap on decoded bytes ------------------------------------------------------------------------
 
 MB = 1024 * 1024

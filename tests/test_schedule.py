@@ -76,7 +76,8 @@ async def test_feed_id_is_stable_and_distinct() -> None:
     assert len(feed_id("https://a.example/f")) == 16
 
 
-async def test_sync_removes_only_its_own_origin(schedule: Schedule, redis: aioredis.Redis, keys: Keys) -> None:
+async def test_sync_removes_only_its_own_origin(schedule: Schedule, redis: aioredis.Redis,
+                                                keys: Keys) -> None:
     await schedule.add(sources("a", "b", "c"), origin="config")
     await schedule.add(sources("imported"), origin="import")
     assert await schedule.sync(sources("b", "c", "d")) == (1, 1)  # d added, a removed

@@ -213,7 +213,7 @@ async def test_entry_failing_too_often_goes_to_the_dead_stream(r: aioredis.Redis
             break
         await asyncio.sleep(IDLE + 0.05)
     assert handed == [1, 2]  # max_attempts deliveries, then parked
-    [(dead_id, fields)] = await r.xrange(keys.dead)
+    [(_, fields)] = await r.xrange(keys.dead)
     assert fields["stage"] == "test"
     assert fields["stream"] == keys.entries
     assert fields["id"] == entry_id

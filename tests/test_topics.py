@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingester.config import ConfigError, TopicConfig, from_dict
-from ingester.topics import Doc, TopicSet, match_query, required_terms
 from ingester.query import parse
+from ingester.topics import Doc, TopicSet, match_query, required_terms
 
 
 def topics(*pairs: tuple[str, str], min_score: float = 0.0) -> TopicSet:
@@ -127,9 +127,15 @@ def queries(draw: st.DrawFn) -> str:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(queries(), min_size=1, max_size=12), st.lists(WORDS, max_size=6), st.lists(WORDS, max_size=12),
-       st.sampled_from([None, "en", "pt"]))
-def test_presearch_never_loses_a_match(qs: list[str], title: list[str], text: list[str], lang: str | None) -> None:
+@given(
+    st.lists(queries(), min_size=1, max_size=12),
+    st.lists(WORDS, max_size=6),
+    st.lists(WORDS, max_size=12),
+    st.sampled_from([None, "en", "pt"]),
+)
+def test_presearch_never_loses_a_match(
+    qs: list[str], title: list[str], text: list[str], lang: str | None
+) -> None:
     ts = topics(*[(f"t{i}", q) for i, q in enumerate(qs)])
     doc = Doc(" ".join(title), " ".join(text), lang)
     assert ts.match(doc) == ts.match_all(doc)

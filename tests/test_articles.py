@@ -1,0 +1,265 @@
+"""The article stage end to end: real Redis, real loopback pages, real extraction pool."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pytest_httpserver import HTTPServer
+
+from ingester.articles import ArticleStage
+from ingester.config import Config, from_dict
+from ingester.extract import Extractor
+from ingester.keys import Keys
+from ingester.neardup import NearDupIndex
+from ingester.pool import WorkerPool
+from ingester.publish import Publisher
+from ingester.record import Article, Entry
+from ingester.safehttp import SafeClient
+from ingester.streams import Consumer
+from ingester.topics import TopicSet
+from workers.articles import GROUP, ArticleWorker
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "record.schema.json").read_text())
+
+STORY = [
+    "Negotiators from both sides met for a third day on Tuesday as diplomats pressed for a ceasefire "
+    "that would halt the fighting in Ukraine before the winter sets in, officials said.",
+    "The draft agreement seen by reporters provides for a thirty-day truce, an exchange of prisoners "
+    "and a joint commission to monitor violations, according to two officials familiar with the talks.",
+    "Humanitarian agencies said a pause in the shelling would let convoys reach towns that have been "
+    "cut off from food and medicine for weeks, and urged both delegations to sign without delay.",
+    "The mediators said the remaining disputes concern the withdrawal of heavy weapons and the "
+    "sequencing of the prisoner exchange, and that they hoped to announce a deal by the weekend.",
+    "Russia's foreign ministry said it was studying the text, while Kyiv said any pause must be "
+    "verified by international monitors before troops pull back from the line of contact.",
+]
+OTHER = [
+    "The city council voted on Monday to build twelve kilometres of protected bike lanes across the "
+    "centre, after a year of consultation with residents, shop owners and cycling groups.",
+    "Construction is due to start in the spring and the first corridor, along the river, should open "
+    "before the summer holidays, the transport department said in a statement on its website.",
+    "Opponents argued that the plan removes too many parking spaces, while supporters pointed to a "
+    "rise in cycling since the pandemic and to the safety record of similar schemes elsewhere.",
+]
+
+
+def page(title: str, paragraphs: list[str], head: str = "") -> str:
+    body = "".join(f"<p>{p}</p>" for p in paragraphs)
+    return (f"<html lang='en'><head><meta charset='utf-8'><title>{title}</title>{head}</head><body>"
+            f"<nav><a href='/'>Home</a></nav><article><h1>{title}</h1>{body}</article>"
+            f"<footer>Copyright Example News</footer></body></html>")
+
+
+def make_config(**articles: object) -> Config:
+    return from_dict({
+        "network": {"allow_private": ["127.0.0.0/8"], "host_min_gap": 0, "timeout": 10},
+        "articles": {"reclaim_idle": "200ms", "max_attempts": 2, **articles},
+        "topics": [{"name": "ceasefire", "query": "(ceasefire OR truce) AND (Ukraine OR Russia)"}],
+    })
+
+
+@pytest.fixture(scope="module")
+def pools() -> Iterator[tuple[Extractor, WorkerPool]]:
+    extractor = Extractor(workers=1, timeout=20)
+    hasher = WorkerPool(1)
+    yield extractor, hasher
+    extractor.close()
+    hasher.close()
+
+
+@pytest.fixture
+async def stage(redis, keys: Keys, pools) -> AsyncIterator[ArticleStage]:  # type: ignore[no-untyped-def]
+    config = make_config()
+    extractor, hasher = pools
+    client = SafeClient(config.network)
+    near = NearDupIndex(redis, keys, retention=config.articles.dedup_retention)
+    publisher = Publisher(redis, keys, retention=config.articles.dedup_retention, near=near)
+    yield ArticleStage(config, client, extractor, hasher, publisher, near, TopicSet(config.topics))
+    await client.aclose()
+
+
+async def articles(redis, keys: Keys, stream: str | None = None) -> list[Article]:  # type: ignore[no-untyped-def]
+    entries = await redis.xrange(stream or keys.articles)
+    return [Article.loads(fields["data"]) for _, fields in entries]
+
+
+def entry(url: str, feed: str = "http://127.0.0.1/feed", **fields: str) -> Entry:
+    return Entry(feed_url=feed, link=url, title=fields.pop("title", "Feed title"), **fields)
+
+
+async def test_record_is_complete_and_valid(stage, httpserver: HTTPServer, redis, keys):  # type: ignore[no-untyped-def]
+    httpserver.expect_request("/story").respond_with_data(page("Ceasefire talks", STORY),
+                                                          content_type="text/html")
+    url = httpserver.url_for("/story")
+    assert await stage.process(entry(url, published_at="2025-06-10T08:00:00Z")) == "new"
+    [record] = await articles(redis, keys)
+    jsonschema.validate(record.as_dict(), SCHEMA)
+    assert record.extraction == "trafilatura"
+    assert record.title == "Ceasefire talks"
+    assert "thirty-day truce" in record.text and "Copyright" not in record.text
+    assert record.url == url and record.canonical_url == url
+    assert record.source == "127.0.0.1"
+    assert record.language == "en"
+    assert record.published_at == "2025-06-10T08:00:00Z"
+    assert record.cluster_id == record.id
+    assert record.topics == ["ceasefire"] and record.scores["ceasefire"] > 0
+    [(_, fields)] = await redis.xrange(keys.topic("ceasefire"))
+    assert json.loads(fields["data"]) == record.as_dict()
+
+
+async def test_same_article_through_feeds_tracking_params_redirects_and_canonical(  # type: ignore[no-untyped-def]
+        stage, httpserver: HTTPServer, redis, keys):
+    canonical = httpserver.url_for("/story")
+    httpserver.expect_request("/story").respond_with_data(page("Talks", STORY), content_type="text/html")
+    httpserver.expect_request("/r/1").respond_with_data("", status=302, headers={"Location": "/story"})
+    amp = page("Talks", STORY, head=f"<link rel='canonical' href='{canonical}'>")
+    httpserver.expect_request("/amp/story").respond_with_data(amp, content_type="text/html")
+    outcomes = [
+        await stage.process(entry(canonical, feed="http://127.0.0.1/a")),
+        await stage.process(entry(canonical, feed="http://127.0.0.1/b")),
+        await stage.process(entry(canonical + "?utm_source=rss&utm_medium=feed")),
+        await stage.process(entry(httpserver.url_for("/r/1"))),
+        await stage.process(entry(httpserver.url_for("/amp/story"))),
+    ]
+    assert outcomes[0] == "new"
+    assert all(o in ("known", "duplicate") for o in outcomes[1:])
+    assert len(await articles(redis, keys)) == 1
+    assert await stage.process(entry(httpserver.url_for("/r/1"))) == "known"  # alias now, no fetch
+
+
+async def test_fallback_to_feed_content_when_the_page_fails_or_is_thin(stage, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+    httpserver.expect_request("/gone").respond_with_data("", status=404)
+    httpserver.expect_request("/thin").respond_with_data(page("Thin", ["Subscribe to read."]),
+                                                         content_type="text/html")
+    content = "<p>" + " ".join(STORY) + "</p>"
+    await stage.process(entry(httpserver.url_for("/gone"), title="Gone story", content=content))
+    await stage.process(entry(httpserver.url_for("/thin"), title="Thin story", summary=content))
+    gone, thin = await articles(redis, keys)
+    assert gone.extraction == thin.extraction == "feed"
+    assert gone.title == "Gone story" and "thirty-day truce" in gone.text and "<p>" not in gone.text
+    assert "thirty-day truce" in thin.text
+    for record in (gone, thin):
+        jsonschema.validate(record.as_dict(), SCHEMA)
+
+
+async def test_syndicated_copy_clusters_with_the_first_and_other_stories_do_not(  # type: ignore[no-untyped-def]
+        stage, httpserver, redis, keys):
+    wire = STORY[:2] + STORY[3:]  # a dropped paragraph
+    wire[0] = "KYIV (Wire) - " + wire[0]
+    httpserver.expect_request("/original").respond_with_data(page("Ceasefire talks", STORY),
+                                                             content_type="text/html")
+    httpserver.expect_request("/copy").respond_with_data(page("Truce deal near, diplomats say", wire),
+                                                         content_type="text/html")
+    httpserver.expect_request("/other").respond_with_data(page("Bike lanes", OTHER),
+                                                          content_type="text/html")
+    await stage.process(entry(httpserver.url_for("/original")))
+    await stage.process(entry(httpserver.url_for("/copy").replace("127.0.0.1", "localhost")))
+    await stage.process(entry(httpserver.url_for("/other")))
+    original, copy, other = await articles(redis, keys)
+    assert copy.source == "localhost" and copy.id != original.id
+    assert copy.cluster_id == original.id
+    assert other.cluster_id == other.id
+
+
+async def test_concurrent_copies_still_cluster(stage, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+    for i in range(4):
+        httpserver.expect_request(f"/copy{i}").respond_with_data(
+            page(f"Version {i}", [f"SITE{i} (Wire) - ", *STORY]), content_type="text/html")
+    await asyncio.gather(*(stage.process(entry(httpserver.url_for(f"/copy{i}"))) for i in range(4)))
+    records = await articles(redis, keys)
+    assert len(records) == 4
+    first = records[0]
+    assert {r.cluster_id for r in records} == {first.id}
+
+
+@pytest.mark.parametrize("name,body,headers", [
+    ("nested", "<html><body>" + "<div>" * 5000 + "deep" + "</div>" * 5000 + "</body></html>", {}),
+    ("gzip-in-html", gzip.compress(page("Zipped", STORY).encode()), {}),
+    ("wrong-charset", page("Café crème", STORY).encode("latin-1"), {"Content-Type": "text/html; charset=utf-8"}),
+    ("huge", b"<html><body>" + b"<p>spam</p>" * 600_000 + b"</body></html>", {}),
+    ("binary", bytes(range(256)) * 100, {}),
+])
+async def test_hostile_pages_are_survived(stage, httpserver, redis, keys, name, body, headers):  # type: ignore[no-untyped-def]
+    httpserver.expect_request(f"/{name}").respond_with_data(
+        body, headers={"Content-Type": "text/html", **headers})
+    content = "<p>" + " ".join(STORY) + "</p>"
+    assert await stage.process(entry(httpserver.url_for(f"/{name}"), content=content)) == "new"
+    [record] = await articles(redis, keys)
+    jsonschema.validate(record.as_dict(), SCHEMA)
+    assert record.text  # extracted, or the feed's content when the page was unusable
+    if name == "wrong-charset":
+        assert "Café" in record.title or record.extraction == "feed"
+
+
+# --- the worker: at-least-once through the consumer group -------------------------------------------
+
+
+def consumer(redis, keys: Keys, name: str, config: Config) -> Consumer:  # type: ignore[no-untyped-def]
+    return Consumer(redis, [keys.entries], GROUP, name, dead_stream=keys.dead, stage="articles",
+                    reclaim_idle=config.articles.reclaim_idle, max_attempts=config.articles.max_attempts,
+                    block_ms=100)
+
+
+async def run_worker(stage: ArticleStage, cons: Consumer, until) -> None:  # type: ignore[no-untyped-def]
+    stop = asyncio.Event()
+    worker = ArticleWorker(stage, cons, concurrency=4)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while not await until():
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.drain(1)
+
+
+async def test_entries_left_by_a_dead_consumer_are_reclaimed_and_written_once(  # type: ignore[no-untyped-def]
+        stage, httpserver, redis, keys):
+    for i in range(5):
+        httpserver.expect_request(f"/s{i}").respond_with_data(page(f"Story {i}", [f"Item {i}.", *OTHER]),
+                                                              content_type="text/html")
+        await redis.xadd(keys.entries, {"data": entry(httpserver.url_for(f"/s{i}")).dumps()})
+    dead = consumer(redis, keys, "dead-daemon", stage.config)
+    await dead.setup()
+    assert len(await dead.read()) == 5  # read, then the daemon "dies" without acknowledging
+
+    async def all_written() -> bool:
+        pending = await redis.xpending(keys.entries, GROUP)
+        return await redis.xlen(keys.articles) == 5 and pending["pending"] == 0
+
+    await run_worker(stage, consumer(redis, keys, "survivor", stage.config), all_written)
+    assert sorted(a.title for a in await articles(redis, keys)) == [f"Story {i}" for i in range(5)]
+
+
+class FailingStage(ArticleStage):
+    async def process(self, entry: Entry, source=None, group: str = "") -> str:  # type: ignore[no-untyped-def]
+        if entry.link.endswith("/poison"):
+            raise RuntimeError("cannot handle this one")
+        return await super().process(entry, source, group)
+
+
+async def test_an_entry_failing_n_times_goes_to_the_dead_stream(stage, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+    failing = FailingStage(stage.config, stage.client, stage.extractor, stage.hasher, stage.publisher,
+                           stage.near, stage.topics)
+    httpserver.expect_request("/fine").respond_with_data(page("Fine", OTHER), content_type="text/html")
+    await redis.xadd(keys.entries, {"data": entry(httpserver.url_for("/poison")).dumps()})
+    await redis.xadd(keys.entries, {"data": entry(httpserver.url_for("/fine")).dumps()})
+    await redis.xadd(keys.entries, {"data": "{not json"})
+
+    async def settled() -> bool:
+        return await redis.xlen(keys.dead) == 2 and await redis.xlen(keys.articles) == 1
+
+    await run_worker(failing, consumer(redis, keys, "c1", stage.config), settled)
+    dead = [fields for _, fields in await redis.xrange(keys.dead)]
+    [poison] = [f for f in dead if "/poison" in f["data"]]
+    assert poison["stage"] == "articles" and "attempts" in poison["reason"]
+    assert any("unreadable" in f["reason"] for f in dead)
+    assert (await redis.xpending(keys.entries, GROUP))["pending"] == 0
