@@ -11,6 +11,7 @@ lists ANDed with keywords, phrases NEAR entities, title scopes, exclusions, lang
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import re
@@ -48,7 +49,7 @@ def vocabulary(docs: list[Doc]) -> tuple[list[str], list[str], list[str]]:
         entities.update(re.findall(r"(?<=[a-z,] )([A-Z][a-z]{3,})", doc.text))
         lower = re.findall(r"\b[a-z]{5,}\b", doc.text)
         words.update(lower)
-        pairs.update(f"{a} {b}" for a, b in zip(lower, lower[1:], strict=False))
+        pairs.update(f"{a} {b}" for a, b in itertools.pairwise(lower))
     common = {w for w, _ in words.most_common(60)}
     keywords = [w for w, n in words.most_common(4000) if w not in common and n >= 3]
     phrases = [p for p, n in pairs.most_common(3000) if n >= 3]
@@ -92,7 +93,8 @@ def timed(fn: Callable[[Doc], object], docs: list[Doc]) -> list[float]:
 
 def summary(times: list[float]) -> str:
     p95 = statistics.quantiles(times, n=20)[-1]
-    return f"median {statistics.median(times):.2f} ms, p95 {p95:.2f} ms, mean {statistics.fmean(times):.2f} ms"
+    median, mean = statistics.median(times), statistics.fmean(times)
+    return f"median {median:.2f} ms, p95 {p95:.2f} ms, mean {mean:.2f} ms"
 
 
 def main() -> int:

@@ -3,8 +3,8 @@
     .venv/bin/python bench/neardup_bench.py [--articles 100000] [--bucket-bits 12 14] [--redis-url URL]
 
 Texts are real news from ../shared/news/ (800-word articles are made by joining consecutive items). The memory
-figure needs volume, so the index is filled up to --articles with signatures of random shingle sets (memory does
-not depend on the text; such signatures behave as unrelated articles) after the real ones.
+figure needs volume, so after the real ones the index is filled up to --articles with signatures of random
+shingle sets (memory does not depend on the text; such signatures behave as unrelated articles).
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ingester import neardup  # noqa: E402
-from ingester.connection import connect  # noqa: E402
-from ingester.embedded import EmbeddedRedis  # noqa: E402
-from ingester.keys import Keys  # noqa: E402
+from ingester import neardup
+from ingester.connection import connect
+from ingester.embedded import EmbeddedRedis
+from ingester.keys import Keys
 
 NEWS = Path(__file__).resolve().parent.parent.parent / "shared" / "news"
 
@@ -128,12 +126,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--articles", type=int, default=100_000)
     parser.add_argument("--bucket-bits", type=int, nargs="+", default=[neardup.BUCKET_BITS])
-    parser.add_argument("--redis-url", help="an EMPTY database to use (it is flushed); default: a private server")
+    parser.add_argument("--redis-url", help="an EMPTY database (it is flushed); default: a private server")
     args = parser.parse_args()
     if not NEWS.exists():
         sys.exit(f"shared news texts not found at {NEWS} (see ../shared/README.md)")
     texts = real_texts()
-    print(f"N_PERM {neardup.N_PERM}, {neardup.BANDS} bands x {neardup.ROWS} rows, {neardup.SHINGLE}-word shingles")
+    print(f"N_PERM {neardup.N_PERM}, {neardup.BANDS} bands x {neardup.ROWS} rows, "
+          f"{neardup.SHINGLE}-word shingles")
     bench_signature(texts)
     real = [s for s in map(neardup.signature, texts) if s is not None]
     with tempfile.TemporaryDirectory() as tmp:

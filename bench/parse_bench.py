@@ -25,7 +25,7 @@ import feedparser
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingester.feedparse import FeedParseError, parse_feed  # noqa: E402
+from ingester.feedparse import FeedParseError, parse_feed
 
 
 def load_real_feeds(shared: Path) -> list[tuple[str, bytes]]:

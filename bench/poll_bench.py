@@ -26,19 +26,19 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from ingester import metrics  # noqa: E402
-from ingester.config import from_dict  # noqa: E402
-from ingester.connection import connect  # noqa: E402
-from ingester.embedded import EmbeddedRedis, free_port  # noqa: E402
-from ingester.keys import Keys  # noqa: E402
-from ingester.politeness import Gate  # noqa: E402
-from ingester.poll import Poller  # noqa: E402
-from ingester.pool import WorkerPool  # noqa: E402
-from ingester.safehttp import SafeClient  # noqa: E402
-from ingester.schedule import FeedSource, Schedule  # noqa: E402
-from workers.poller import TICK_SECONDS, PollWorker  # noqa: E402
+from ingester import metrics
+from ingester.config import from_dict
+from ingester.connection import connect
+from ingester.embedded import EmbeddedRedis, free_port
+from ingester.keys import Keys
+from ingester.politeness import Gate
+from ingester.poll import Poller
+from ingester.pool import WorkerPool
+from ingester.safehttp import SafeClient
+from ingester.schedule import FeedSource, Schedule
+from workers.poller import TICK_SECONDS, PollWorker
 
 FEED = (b"<?xml version='1.0'?><rss version='2.0'><channel><title>Bench</title><link>http://x/</link>"
         b"<item><title>Only item</title><link>http://news.example/%d</link></item></channel></rss>")

@@ -19,10 +19,10 @@ import email.utils
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import httpx
 import orjson
@@ -49,6 +49,7 @@ RETRY_AFTER_MAX = 3600.0
 ERROR_BODY_CHARS = 200
 
 Outcome = Literal["sent", "skipped", "busy", "parked"]
+T = TypeVar("T")
 
 # Claim: the mark wins; a free claim or our own claim (a reclaimed entry) is (re)taken.
 _CLAIM = """
@@ -81,19 +82,6 @@ return redis.call('HGETALL', KEYS[2])
 
 
 # --- keys (all under the namespace; see Keys) -------------------------------------------------------------
-
-def alerted_key(keys: Keys, notifier: str, topic: str, cluster_id: str) -> str:
-    return keys.key("alerted", notifier, topic, cluster_id)
-
-
-def claim_key(keys: Keys, notifier: str, topic: str, cluster_id: str) -> str:
-    return keys.key("alert-claim", notifier, topic, cluster_id)
-
-
-def digest_key(keys: Keys, notifier: str, topic: str, sending: bool = False) -> str:
-    """Hash cluster id -> article JSON: stories collected for the next digest (or being sent)."""
-    return keys.key("digest-sending" if sending else "digest", notifier, topic)
-
 
 # --- secrets never shown ----------------------------------------------------------------------------------
 
@@ -200,41 +188,46 @@ class Sender:
                                   delivery)
         failures = 0
         while True:
-            transient, wait = await self._attempt(body, headers)
-            if transient is None:
-                return None
-            if wait is None:  # permanent
-                return transient
+            answer = await self._attempt(body, headers)
+            if answer.reason is None or answer.retry == "no":
+                return answer.reason
             failures += 1
             if attempts is not None and failures >= attempts:
-                return f"gave up after {failures} attempts: {transient}"
+                return f"gave up after {failures} attempts: {answer.reason}"
             metrics.ALERTS.labels(notifier=self.name, outcome="retried").inc()
-            if wait < 0:  # 5xx or network: exponential backoff with full jitter
-                wait = random.uniform(0, min(self.backoff_max, self.backoff * 2 ** min(failures, 30)))
-                log.info("alert retry", notifier=self.name, host=self.host, reason=transient,
-                         wait=round(wait, 2))
-                await asyncio.sleep(wait)
-            else:
-                log.info("alert rate-limited", notifier=self.name, host=self.host, retry_after=wait)
-                await self._gate.hold_off(self._gate_name, wait)
+            if answer.retry == "after":  # every daemon waits: the gate is shared
+                log.info("alert rate-limited", notifier=self.name, host=self.host,
+                         retry_after=answer.after)
+                await self._gate.hold_off(self._gate_name, answer.after)
+                continue
+            wait = random.uniform(0, min(self.backoff_max, self.backoff * 2 ** min(failures, 30)))
+            log.info("alert retry", notifier=self.name, host=self.host, reason=answer.reason,
+                     wait=round(wait, 2))
+            await asyncio.sleep(wait)  # exponential backoff with full jitter
 
-    async def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[str | None, float | None]:
-        """(None, None) sent; (reason, None) park; (reason, -1) back off; (reason, s) Retry-After."""
+    async def _attempt(self, body: bytes, headers: dict[str, str]) -> _Answer:
         async with self._gate.slot(self._gate_name):
             try:
                 response = await self._client.post(self.url, body, headers, redact=host_only)
             except (BlockedAddress, BadURL) as exc:
-                return self.scrub(f"refused: {exc.reason}"), None
+                return _Answer(self.scrub(f"refused: {exc.reason}"))
             except FetchError as exc:
-                return self.scrub(f"{exc.kind}: {exc.reason}"), -1.0
+                return _Answer(self.scrub(f"{exc.kind}: {exc.reason}"), "backoff")
         if 200 <= response.status < 300:
-            return None, None
+            return _Answer(None)
         reason = self.scrub(_status_reason(response))
-        if response.status == 429:
-            return reason, retry_after(response)
+        if response.status == 429 or (response.status == 503 and "retry-after" in response.headers):
+            return _Answer(reason, "after", retry_after(response))
         if response.status >= 500 or response.status == 408:
-            return reason, -1.0
-        return reason, None
+            return _Answer(reason, "backoff")
+        return _Answer(reason)
+
+
+@dataclass
+class _Answer:
+    reason: str | None  # None: accepted (2xx)
+    retry: Literal["no", "backoff", "after"] = "no"  # "no" with a reason: park it
+    after: float = 0.0  # Retry-After seconds
 
 
 def _status_reason(response: Response) -> str:
@@ -327,8 +320,8 @@ class Notifiers:
                     owner: str, *, attempts: int | None = None) -> Result:
         """Send one story unless this (notifier, topic, cluster) was already alerted or is being sent."""
         sender = self.senders[notifier]
-        mark = alerted_key(self.keys, notifier, topic, article.cluster_id)
-        claim = Lease(self.redis, claim_key(self.keys, notifier, topic, article.cluster_id), owner,
+        mark = self.keys.alerted(notifier, topic, article.cluster_id)
+        claim = Lease(self.redis, self.keys.alert_claim(notifier, topic, article.cluster_id), owner,
                       self.claim_ttl)
         state = await self.redis.eval(_CLAIM, 2, mark, claim.key, owner, claim.ttl_ms)
         if state == "marked":
@@ -356,7 +349,7 @@ class Notifiers:
             return Result("parked", reason)
         async with self.redis.pipeline(transaction=True) as pipe:
             for article in articles:
-                pipe.set(alerted_key(self.keys, notifier, topic, article.cluster_id), "1",
+                pipe.set(self.keys.alerted(notifier, topic, article.cluster_id), "1",
                          ex=self.retention)
             await pipe.execute()
         return Result("sent")
@@ -372,6 +365,20 @@ class Notifiers:
         metrics.ALERTS.labels(notifier=notifier, outcome="parked").inc()
         log.warning("alert parked", notifier=notifier, topic=topic, kind=kind,
                     host=self.senders[notifier].host, reason=reason)
+
+
+async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> asyncio.Future[T] | None:
+    """Wait for `aw`, or for `stop` (then `aw` is cancelled and None returned)."""
+    task = asyncio.ensure_future(aw)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if task.done():
+        return task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 # --- the stage --------------------------------------------------------------------------------------------
@@ -415,7 +422,9 @@ class Alerter:
                                   max_attempts=config.articles.max_attempts)
         self._queues: dict[str, asyncio.Queue[_Job]] = {n: asyncio.Queue() for n in self.notifiers.senders}
         self._in_flight: dict[tuple[str, str], _Pending] = {}
-        self._room = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight  # entries held in memory (a batch may overshoot it)
+        self._has_room = asyncio.Event()
+        self._has_room.set()
         self._idle = asyncio.Event()
         self._busy_wait = busy_wait
         self._grace = grace
@@ -442,14 +451,10 @@ class Alerter:
 
     async def _read(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            reading = asyncio.ensure_future(self._consumer.read())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not reading.done():
-                reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reading
+            if await _unless_stopped(self._has_room.wait(), stop) is None:
+                return
+            reading = await _unless_stopped(self._consumer.read(), stop)
+            if reading is None:
                 return
             try:
                 messages = reading.result()
@@ -474,9 +479,10 @@ class Alerter:
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             await self._consumer.dead_letter(msg, f"unreadable article record: {type(exc).__name__}")
             return
-        await self._room.acquire()
         pending = _Pending(msg, len(topic.notify))
         self._in_flight[(msg.stream, msg.id)] = pending
+        if len(self._in_flight) >= self._max_in_flight:  # read no more until some are done
+            self._has_room.clear()
         terms = matched_terms(article, self._queries[topic.name])
         for notifier in topic.notify:
             self._queues[notifier].put_nowait(_Job(pending, topic.name, article, terms))
@@ -488,7 +494,8 @@ class Alerter:
         if job.pending.remaining == 0:
             await self._consumer.ack(job.pending.msg)
             self._in_flight.pop((job.pending.msg.stream, job.pending.msg.id), None)
-            self._room.release()
+            if len(self._in_flight) < self._max_in_flight:
+                self._has_room.set()
             if not self._in_flight:
                 self._idle.set()
 
@@ -524,8 +531,8 @@ class Alerter:
     async def _collect(self, notifier: str, job: _Job) -> str:
         """Add the story to the (notifier, topic) digest, once per cluster."""
         added = await self.redis.eval(
-            _COLLECT, 2, alerted_key(self.keys, notifier, job.topic, job.article.cluster_id),
-            digest_key(self.keys, notifier, job.topic), job.article.cluster_id, job.article.dumps())
+            _COLLECT, 2, self.keys.alerted(notifier, job.topic, job.article.cluster_id),
+            self.keys.digest(notifier, job.topic), job.article.cluster_id, job.article.dumps())
         return "queued" if added else "skipped"
 
     async def _heartbeat(self) -> None:
@@ -554,7 +561,7 @@ class Alerter:
     async def flush_digest(self, notifier: str, topic: str) -> int:
         """Send the stories collected for (notifier, topic); one daemon per period does it."""
         period = self.notifiers.senders[notifier].notifier.digest
-        lock = Lease(self.redis, self.keys.key("digest-lock", notifier, topic), self.name,
+        lock = Lease(self.redis, self.keys.digest_lock(notifier, topic), self.name,
                      max(period / 2, 0.05))
         if not await lock.acquire():
             return 0
@@ -562,8 +569,8 @@ class Alerter:
             return await self._send_digest(notifier, topic)
 
     async def _send_digest(self, notifier: str, topic: str) -> int:
-        collected = digest_key(self.keys, notifier, topic)
-        sending = digest_key(self.keys, notifier, topic, sending=True)
+        collected = self.keys.digest(notifier, topic)
+        sending = self.keys.digest(notifier, topic, sending=True)
         flat = await self.redis.eval(_TAKE_DIGEST, 2, collected, sending)
         articles = sorted((Article.loads(flat[i + 1]) for i in range(0, len(flat), 2)),
                           key=lambda a: (a.published_at or a.fetched_at, a.id))

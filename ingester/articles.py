@@ -14,7 +14,7 @@ import structlog
 from ingester import metrics
 from ingester.canonical import article_id, canonical_url, normalize_url, source_host
 from ingester.config import Config
-from ingester.extract import ExtractError, Extracted, Extractor, html_to_text
+from ingester.extract import Extracted, ExtractError, Extractor, html_to_text
 from ingester.neardup import NearDupIndex, signature
 from ingester.pool import WorkerPool
 from ingester.publish import Publisher

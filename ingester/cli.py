@@ -52,7 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=_feeds_import)
     exp = feeds_sub.add_parser("export", help="print every feed as OPML")
     exp.set_defaults(handler=_feeds_export)
-    for p in (imp, exp):
+
+    dlq = sub.add_parser("dlq", help="show or resend what was parked in <namespace>:dead")
+    dlq_sub = dlq.add_subparsers(required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="list parked items with their reasons")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.set_defaults(handler=_dlq_list)
+    dlq_replay = dlq_sub.add_parser("replay", help="resend parked alerts, re-queue parked entries")
+    dlq_replay.add_argument("ids", nargs="*", help="dead-stream entry ids (default: all)")
+    dlq_replay.set_defaults(handler=_dlq_replay)
+    for p in (imp, exp, dlq_list, dlq_replay):
         p.add_argument("--config", "-c", required=True, type=Path)
 
     match = sub.add_parser("match", help="test a topic or a query against an article",
@@ -90,7 +99,7 @@ def _check(args: argparse.Namespace) -> int:
         return 0
 
     async def ping() -> None:
-        client = connect(url)
+        client = connect(url, retry=False)  # say why at once, not after retrying
         try:
             async with asyncio.timeout(5):
                 await client.ping()
@@ -164,3 +173,40 @@ def _match(args: argparse.Namespace) -> int:
     from ingester.matchcli import run_match
 
     return int(run_match(args))
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ingester.dlq import list_dead
+    from ingester.keys import Keys
+
+    config = load(args.config)
+
+    async def work(redis: Any) -> int:
+        items = await list_dead(redis, Keys(config.redis.namespace), args.limit)
+        for item in items:
+            when = datetime.fromtimestamp(item.at, UTC).strftime("%Y-%m-%d %H:%M:%S") if item.at else "?"
+            what = f"{item.kind} {item.notifier}/{item.topic}" if item.notifier else item.stream or ""
+            print(f"{item.id}  {when}  {item.stage}  {what}  {item.reason}")
+        print(f"{len(items)} parked item(s)")
+        return 0
+
+    return _with_redis(config, work)
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from ingester.dlq import replay
+    from ingester.keys import Keys
+    from ingester.safehttp import SafeClient
+
+    config = load(args.config)
+
+    async def work(redis: Any) -> int:
+        async with SafeClient(config.network) as client:
+            replayed, failed = await replay(redis, Keys(config.redis.namespace), config, client,
+                                            args.ids or None)
+        print(f"replayed {replayed}, failed {failed}")
+        return 1 if failed else 0
+
+    return _with_redis(config, work)

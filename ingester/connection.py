@@ -29,11 +29,11 @@ def safe_url(url: str) -> str:
     return parts._replace(netloc=user + netloc).geturl()
 
 
-def connect(url: str) -> aioredis.Redis:
+def connect(url: str, *, retry: bool = True) -> aioredis.Redis:
     """A client with retries; `redis+sentinel://[:pw@]host:port[,host:port]/master[/db]` for Sentinel."""
     if url.startswith("redis+sentinel://"):
         return _sentinel(url)
-    return aioredis.Redis.from_url(url, decode_responses=True, **_RETRY)
+    return aioredis.Redis.from_url(url, decode_responses=True, **(_RETRY if retry else {}))
 
 
 def _sentinel(url: str) -> aioredis.Redis:

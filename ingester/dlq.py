@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 
-from ingester.alerts import Notifiers, alerted_key
+from ingester.alerts import Notifiers
 from ingester.config import Config
 from ingester.keys import Keys
 from ingester.record import Article
@@ -144,7 +144,7 @@ async def _resend_digest(notifiers: Notifiers, notifier: str, topic: str, item: 
     articles = [Article(**a) for a in orjson.loads(item.fields["data"])]
     unsent = []
     for article in articles:  # a part that went out on an earlier try is not sent again
-        if not await notifiers.redis.exists(alerted_key(notifiers.keys, notifier, topic, article.cluster_id)):
+        if not await notifiers.redis.exists(notifiers.keys.alerted(notifier, topic, article.cluster_id)):
             unsent.append(article)
     for chunk, body in notifiers.digest_bodies(notifier, topic, unsent):
         result = await notifiers.send_digest_part(notifier, topic, chunk, body, attempts=attempts)

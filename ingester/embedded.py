@@ -5,8 +5,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +48,18 @@ def find_server_binary() -> str:
     except ImportError:
         pass
     raise EmbeddedRedisError(HOW_TO_GET_ONE)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server when the daemon dies, even by SIGKILL, so no orphan keeps the data.
+
+    (The kernel ties this to the thread that started the child: start it from the main thread.)
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def default_data_dir() -> Path:
@@ -101,7 +115,8 @@ class EmbeddedRedis:
             args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
             self.url = f"unix://{sock}?db=0"
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, start_new_session=True)
+                                         stderr=subprocess.PIPE, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         self._wait_ready(timeout)
 
     def _take_lock(self) -> None:

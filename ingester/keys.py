@@ -76,6 +76,18 @@ class Keys:
     def signature(self, article_id: str) -> str:
         return self.key("sig", article_id)
 
-    # Alerts.
-    def alerted(self, topic: str, cluster_id: str) -> str:
-        return self.key("alerted", topic, cluster_id)
+    # Alerts: one per (notifier, topic, story cluster).
+    def alerted(self, notifier: str, topic: str, cluster_id: str) -> str:
+        """Mark written once the webhook accepted the alert."""
+        return self.key("alerted", notifier, topic, cluster_id)
+
+    def alert_claim(self, notifier: str, topic: str, cluster_id: str) -> str:
+        """Short-lived claim of the entry being sent, so two copies do not both send."""
+        return self.key("alert-claim", notifier, topic, cluster_id)
+
+    def digest(self, notifier: str, topic: str, *, sending: bool = False) -> str:
+        """Hash cluster id -> article JSON: stories collected for the next digest (or being sent)."""
+        return self.key("digest-sending" if sending else "digest", notifier, topic)
+
+    def digest_lock(self, notifier: str, topic: str) -> str:
+        return self.key("digest-lock", notifier, topic)

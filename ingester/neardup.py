@@ -10,16 +10,16 @@ half the memory of 32-bit values, and a chance match of 1/65536 per value, which
 
 Redis layout (every key with TTL = retention):
 - `keys.signature(handle)`: string = signature bytes + cluster id (utf-8). `handle` is a 48-bit hash of the
-  article id, so that bucket members stay small; two articles sharing one (about 1 in 10^5 for a million
+  article id, so that bucket members stay small; two articles sharing one (a 1 in 500 chance among a million
   articles) only cost the older one its place in the index.
-- `keys.lsh(band, bucket)`: sorted set, member = band tag + handle (binary), score = time added (server clock).
+- `keys.lsh(band, bucket)`: sorted set, member = band tag + handle (binary), score = time added (server time).
   One set holds many band values (`bucket` is `bucket_bits` of the value, the tag 24 more bits) so that Redis
-  pays one key per bucket rather than one per article and band (~180 bytes each, measured). Members older than
-  the retention are trimmed on each write, and only the newest `bucket_cap` are kept: that bounds the
-  candidates a pathological text (boilerplate shared by thousands of pages) can bring, and keeps the sets in
-  Redis' compact listpack encoding. Past ~bucket_cap x 2^bucket_bits / 1.5 articles per retention period the
-  caps start dropping the oldest members: raise bucket_bits (each step doubles the capacity; it costs ~24 x 2^bits
-  keys of ~100 bytes at low volume, and re-keys the index).
+  pays one key per bucket rather than one per article and band (a key costs ~180 bytes, measured). Members
+  older than the retention are trimmed on each write, and only the newest `bucket_cap` are kept: that bounds
+  the candidates a pathological text (boilerplate shared by thousands of pages) can bring, and keeps the sets
+  in Redis' compact listpack encoding. Past ~bucket_cap x 2^bucket_bits / 1.5 articles per retention period
+  (~270,000 by default) full buckets start dropping their oldest members: raise bucket_bits (each step
+  doubles the capacity and the BANDS x 2^bucket_bits keys; the index then refills over one retention period).
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ def handle(article_id: str) -> bytes:
 class NearDupIndex:
     """The MinHash-LSH index shared by all daemons; `add` goes on the caller's transaction."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, threshold: float = 0.6, retention: float = 30 * 86400,
-                 *, bucket_bits: int = BUCKET_BITS, bucket_cap: int = BUCKET_CAP) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, threshold: float = 0.6,
+                 retention: float = 30 * 86400, *, bucket_bits: int = BUCKET_BITS,
+                 bucket_cap: int = BUCKET_CAP) -> None:
         if not 8 <= bucket_bits <= 16:
             raise ValueError("bucket_bits must be between 8 and 16")
         self.redis = redis
@@ -153,14 +154,13 @@ class NearDupIndex:
             for h in handles:
                 pipe.execute_command("GET", self.keys.signature(h.hex()), **{NEVER_DECODE: []})
             stored: list[bytes | None] = await pipe.execute()
-        best, best_score = None, self.threshold
-        for value in stored:
-            if value is None or len(value) < SIG_BYTES:
-                continue  # expired between the two reads
-            score = float(_estimate(np.mean(query == _values(value[:SIG_BYTES]))))
-            if score >= best_score:
-                best, best_score = value[SIG_BYTES:].decode(), score
-        return best
+        found = [v for v in stored if v is not None and len(v) >= SIG_BYTES]  # else expired meanwhile
+        if not found:
+            return None
+        matrix = np.frombuffer(b"".join(v[:SIG_BYTES] for v in found), dtype=_DTYPE).reshape(len(found), -1)
+        scores = _estimate((matrix == query).mean(axis=1))
+        best = int(np.argmax(scores))
+        return found[best][SIG_BYTES:].decode() if scores[best] >= self.threshold else None
 
     async def _candidates(self, sig: bytes) -> set[bytes]:
         slots = [self._slot(band, value) for band, value in enumerate(bands(sig))]
@@ -180,5 +180,5 @@ class NearDupIndex:
         slots = [self._slot(band, value) for band, value in enumerate(bands(sig))]
         keys = [self.keys.signature(h.hex()), *(key for key, _ in slots)]
         args = [sig + cluster_id.encode(), self._ttl(), self.bucket_cap, *(tag + h for _, tag in slots)]
-        # EVAL rather than EVALSHA: inside MULTI a NOSCRIPT (after a Redis restart) would fail the transaction.
+        # EVAL, not EVALSHA: inside MULTI a NOSCRIPT (after a Redis restart) would fail the whole transaction.
         pipe.eval(_ADD, len(keys), *keys, *args)

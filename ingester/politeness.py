@@ -25,6 +25,7 @@ from ingester.keys import Keys
 
 log = structlog.get_logger("ingester.politeness")
 
+_MAX_HOLD_OFF = 86400.0  # a hostile Retry-After of ten years must not silence a host for good
 _POLL_MS = 200  # recheck interval when every slot is taken (a release is not announced)
 _JITTER = 0.1  # up to 10 % more, so that waiters do not all retry at the same instant
 
@@ -125,9 +126,10 @@ class Gate:
             log.warning("politeness slot not released", key=key, error=str(exc))
 
     async def hold_off(self, name: str, seconds: float) -> None:
-        """Nobody starts a request to `name` before now + seconds (HTTP 429/503 Retry-After)."""
+        """Nobody starts a request to `name` before now + seconds (429/503 Retry-After; at most a day)."""
         if seconds > 0:
-            await self._hold_off(keys=[self.keys.gate(name)], args=[round(seconds * 1000)])
+            hold_ms = round(min(seconds, _MAX_HOLD_OFF) * 1000)
+            await self._hold_off(keys=[self.keys.gate(name)], args=[hold_ms])
 
 
 _PENDING: set[asyncio.Future[None]] = set()  # cleanups outliving their cancelled caller

@@ -17,8 +17,8 @@ from ingester import metrics
 from ingester.config import Config
 from ingester.feedparse import FeedParseError, ParsedFeed, entry_key, parse_feed
 from ingester.keys import Keys
-from ingester.pool import TaskTimeout, WorkerCrashed, WorkerPool
 from ingester.politeness import Gate
+from ingester.pool import TaskTimeout, WorkerCrashed, WorkerPool
 from ingester.safehttp import FetchError, SafeClient
 from ingester.schedule import Schedule, feed_id, jittered
 

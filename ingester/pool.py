@@ -41,7 +41,8 @@ class WorkerPool:
         try:
             return await asyncio.wrap_future(future)
         except FutureTimeout:
-            raise TaskTimeout(f"{getattr(fn, '__name__', fn)} ran over {timeout or self.timeout:g} s") from None
+            name = getattr(fn, "__name__", fn)
+            raise TaskTimeout(f"{name} ran over {timeout or self.timeout:g} s") from None
         except pebble.ProcessExpired as exc:
             raise WorkerCrashed(f"worker died running {getattr(fn, '__name__', fn)}: {exc}") from None
         except asyncio.CancelledError:

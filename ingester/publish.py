@@ -16,7 +16,8 @@ from ingester.streams import Message
 # KEYS: doc mark, articles stream, source stream, aliases..., topic streams...
 # ARGV: ttl, id, record, group, entry id, number of aliases
 _PUBLISH = """
-local ttl, id, record, group, entry, n = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local ttl, id, record = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local group, entry, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ttl)
 for i = 4, 3 + n do
   redis.call('SET', KEYS[i], id, 'EX', ttl)

@@ -155,7 +155,8 @@ WORD: /[^\s()"“”]+/
 %ignore /\s+/
 """
 
-_PARSER = Lark(_GRAMMAR, parser="lalr", lexer="basic", maybe_placeholders=False)  # keywords always lex as keywords
+# the basic lexer: an operator is an operator wherever it stands, so "OR a" is an error, not the term "or"
+_PARSER = Lark(_GRAMMAR, parser="lalr", lexer="basic", maybe_placeholders=False)
 _LANG_CODE = re.compile(r"[A-Za-z]{2,3}")
 
 
@@ -259,7 +260,8 @@ class _Build(Transformer[Token, Query]):
         token = children[0]
         code = str(token)[len("lang:"):]
         if not _LANG_CODE.fullmatch(code):
-            raise QueryError(_pos(token), f"lang: needs a primary language subtag such as en or pt, got {code!r}")
+            reason = f"lang: needs a primary language subtag such as en or pt, got {code!r}"
+            raise QueryError(_pos(token), reason)
         return Lang(code.lower(), _pos(token))
 
     def phrase(self, children: list[Token]) -> Query:

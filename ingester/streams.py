@@ -53,6 +53,7 @@ class Consumer:
         self.reclaim_idle_ms = int(reclaim_idle * 1000)
         self.max_attempts = max_attempts
         self._next_reclaim = 0.0
+        self._cursors: dict[str, str] = {}
 
     async def setup(self) -> None:
         for stream in self.streams:
@@ -71,7 +72,9 @@ class Consumer:
         taken: list[Message] = []
         for stream in self.streams:
             reply = await self.redis.xautoclaim(
-                stream, self.group, self.name, min_idle_time=self.reclaim_idle_ms, count=self.batch)
+                stream, self.group, self.name, min_idle_time=self.reclaim_idle_ms, count=self.batch,
+                start_id=self._cursors.get(stream, "0-0"))
+            self._cursors[stream] = str(reply[0])  # go on from here: a long pending list is walked whole
             entries = [e for e in reply[1] if e[0] and e[1]]
             if len(reply) > 2 and reply[2]:  # deleted while pending (Redis 7+): nothing left to process
                 await self.redis.xack(stream, self.group, *reply[2])

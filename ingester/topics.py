@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
@@ -157,14 +158,17 @@ def _repeated_headline(title: list[str], text: list[str]) -> int:
             if token != text[start]:
                 continue
             size = 0
-            while start + size < len(text) and j + size < len(title) and text[start + size] == title[j + size]:
+            limit = min(len(text) - start, len(title) - j)
+            while size < limit and text[start + size] == title[j + size]:
                 size += 1
             if size >= need:
                 end = max(end, start + size)
     return end
 
 
-def _phrase(words: tuple[str, ...], wildcard: bool, tokens: list[str], positions: dict[str, list[int]]) -> Spans:
+def _phrase(
+    words: tuple[str, ...], wildcard: bool, tokens: list[str], positions: dict[str, list[int]]
+) -> Spans:
     exact = words[:-1] if wildcard else words
     if any(w not in positions for w in exact):
         return []
@@ -381,9 +385,11 @@ def relevance(root: _Node, art: _Article, fired: list[Fired] | None = None) -> f
 
 # --- presearcher -----------------------------------------------------------------------------------------
 
-_COMMON = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with", "s", "he", "she", "they", "said", "says", "new"]
-)
+_COMMON = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "he", "in", "is", "it",
+    "its", "new", "of", "on", "or", "s", "said", "says", "she", "that", "the", "they", "this", "to", "was",
+    "were", "will", "with",
+})
 
 
 def _weight(term: tuple[str, str]) -> float:
@@ -396,7 +402,7 @@ def _weight(term: tuple[str, str]) -> float:
 
 
 def _strength(terms: frozenset[tuple[str, str]]) -> float:
-    return min(_weight(t) for t in terms) / len(terms) ** 0.5
+    return min(_weight(t) for t in terms) / math.sqrt(len(terms))
 
 
 def required_terms(node: q.Query) -> frozenset[tuple[str, str]] | None:

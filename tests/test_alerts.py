@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from ingester import metrics
-from ingester.alerts import Alerter, alerted_key, claim_key, digest_key
+from ingester.alerts import Alerter
 from ingester.config import Config, from_dict
 from ingester.keys import Keys
 from ingester.record import Article
@@ -207,10 +207,10 @@ async def test_one_alert_per_cluster(redis: aioredis.Redis, keys: Keys, hook: Ho
     titles = sorted(r.json()["blocks"][0]["text"]["text"] for r in hook.received)
     assert titles == ["Ceasefire story 1", "Ceasefire story 3"]
     assert counter("newsroom", "skipped") - skipped == 3
-    assert await redis.exists(alerted_key(keys, "newsroom", "ceasefire", "a1"))
-    ttl = await redis.ttl(alerted_key(keys, "newsroom", "ceasefire", "a3"))
+    assert await redis.exists(keys.alerted("newsroom", "ceasefire", "a1"))
+    ttl = await redis.ttl(keys.alerted("newsroom", "ceasefire", "a3"))
     assert 29 * 86400 < ttl <= 30 * 86400  # the dedup retention
-    assert not await redis.exists(claim_key(keys, "newsroom", "ceasefire", "a1"))
+    assert not await redis.exists(keys.alert_claim("newsroom", "ceasefire", "a1"))
     assert await pending(redis, keys) == 0
 
 
@@ -275,7 +275,7 @@ async def test_5xx_and_network_errors_retried_then_sent(redis: aioredis.Redis, k
     assert len({r.body for r in hook.received}) == 1
     assert counter("newsroom", "retried") - retried == 3
     assert await dead(redis, keys) == []
-    assert await redis.exists(alerted_key(keys, "newsroom", "ceasefire", "a1"))
+    assert await redis.exists(keys.alerted("newsroom", "ceasefire", "a1"))
 
 
 async def test_unreachable_webhook_retried_not_dropped(redis: aioredis.Redis, keys: Keys, hook: Hook,
@@ -330,8 +330,8 @@ async def test_crash_between_send_and_mark_gives_at_most_one_duplicate(
     first = Running(alerter(redis, keys, config, client, name="first", reclaim_idle=0.5))
     await eventually(lambda: len(hook.received) == 1)
     await first.crash()
-    assert not await redis.exists(alerted_key(keys, "newsroom", "ceasefire", "a1"))
-    assert await redis.get(claim_key(keys, "newsroom", "ceasefire", "a1"))
+    assert not await redis.exists(keys.alerted("newsroom", "ceasefire", "a1"))
+    assert await redis.get(keys.alert_claim("newsroom", "ceasefire", "a1"))
     second = Running(alerter(redis, keys, config, client, name="second", reclaim_idle=0.5,
                              busy_wait=0.05))
     await eventually(lambda: _acked_all(redis, keys, 2))
@@ -340,7 +340,7 @@ async def test_crash_between_send_and_mark_gives_at_most_one_duplicate(
     never.set()
     assert len(hook.received) == 2  # one duplicate, not more, not none
     assert hook.received[0].body == hook.received[1].body
-    assert await redis.exists(alerted_key(keys, "newsroom", "ceasefire", "a1"))
+    assert await redis.exists(keys.alerted("newsroom", "ceasefire", "a1"))
 
 
 # --- rate -------------------------------------------------------------------------------------------------
@@ -369,20 +369,20 @@ async def test_digest_collects_once_per_cluster_then_sends(redis: aioredis.Redis
     run = Running(a)
     await eventually(lambda: _acked_all(redis, keys, 3))  # acked once stored, before any send
     assert hook.received == []
-    assert await redis.hlen(digest_key(keys, "newsroom", "ceasefire")) == 2
+    assert await redis.hlen(keys.digest("newsroom", "ceasefire")) == 2
     assert await a.flush_digest("newsroom", "ceasefire") == 2
     await run.stop()
     (message,) = [r.json() for r in hook.received]
     assert message["blocks"][0]["text"]["text"] == "ceasefire: 2 new stories"
     text = message["blocks"][1]["text"]["text"]
     assert "Ceasefire story 1" in text and "Ceasefire story 3" in text
-    assert not await redis.exists(digest_key(keys, "newsroom", "ceasefire", sending=True))
+    assert not await redis.exists(keys.digest("newsroom", "ceasefire", sending=True))
     # a late syndicated copy of an alerted story is not listed again
     await publish(redis, keys, make_article(4, cluster=1))
     run = Running(a)
     await eventually(lambda: _acked_all(redis, keys, 4))
     await run.stop()
-    assert await redis.hlen(digest_key(keys, "newsroom", "ceasefire")) == 0
+    assert await redis.hlen(keys.digest("newsroom", "ceasefire")) == 0
 
 
 async def test_digest_flushes_every_period_and_splits(redis: aioredis.Redis, keys: Keys, hook: Hook,
@@ -408,8 +408,8 @@ async def test_digest_flushes_every_period_and_splits(redis: aioredis.Redis, key
 
 
 async def _digest_done(redis: aioredis.Redis, keys: Keys) -> bool:
-    return not await redis.exists(digest_key(keys, "newsroom", "ceasefire"),
-                                  digest_key(keys, "newsroom", "ceasefire", sending=True))
+    return not await redis.exists(keys.digest("newsroom", "ceasefire"),
+                                  keys.digest("newsroom", "ceasefire", sending=True))
 
 
 # --- secrets ----------------------------------------------------------------------------------------------
@@ -444,9 +444,11 @@ async def test_stop_leaves_unsent_entries_pending(redis: aioredis.Redis, keys: K
                                                   client: SafeClient) -> None:
     config = make_config(hook, [{"name": "newsroom"}])
     hook.on(slack_path(), Reply(429, "slow", {"Retry-After": "30"}))
-    await publish(redis, keys, make_article(1))
-    run = Running(alerter(redis, keys, config, client, grace=0.2))
+    await publish(redis, keys, make_article(1), make_article(2), make_article(3))
+    run = Running(alerter(redis, keys, config, client, grace=0.2, max_in_flight=1, batch=1))
     await eventually(lambda: len(hook.received) == 1)
+    await asyncio.sleep(0.3)
+    assert await pending(redis, keys) == 1  # no more read while the one held waits
     await run.stop()
     assert await pending(redis, keys) == 1
     assert await dead(redis, keys) == []
@@ -462,3 +464,32 @@ def test_matched_terms_from_the_query() -> None:
                   'AND "peace talks" NEAR/3 kremlin')
     assert matched_terms(story, query) == ["cease fire", "truce", "negotiated", "negotiators",
                                            "peace talks", "kremlin"]
+
+
+def test_retry_after_seconds_and_dates() -> None:
+    import email.utils
+
+    import httpx
+
+    from ingester.alerts import retry_after
+    from ingester.safehttp import Response
+
+    def answer(value: str | None) -> Response:
+        headers = httpx.Headers({"Retry-After": value} if value is not None else {})
+        return Response("http://127.0.0.1/", 429, headers, b"")
+
+    assert retry_after(answer("7")) == 7.0
+    assert retry_after(answer(None)) == 1.0 and retry_after(answer("soon")) == 1.0
+    assert retry_after(answer("-5")) == 0.0 and retry_after(answer("99999")) == 3600.0
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= retry_after(answer(later)) <= 31
+
+
+def test_host_only_and_scrub() -> None:
+    from ingester.alerts import _url_secrets, host_only, scrub
+
+    url = f"https://hooks.slack.com/services/T000/B000/{SLACK_TOKEN}"
+    assert host_only(url) == "hooks.slack.com"
+    assert host_only("not a url") == "(webhook)"
+    text = scrub(f"failed {url} and {SLACK_TOKEN} but services stays", _url_secrets(url))
+    assert SLACK_TOKEN not in text and "hooks.slack.com" not in text and "services stays" in text

@@ -181,7 +181,8 @@ async def test_concurrent_copies_still_cluster(stage, httpserver, redis, keys): 
 @pytest.mark.parametrize("name,body,headers", [
     ("nested", "<html><body>" + "<div>" * 5000 + "deep" + "</div>" * 5000 + "</body></html>", {}),
     ("gzip-in-html", gzip.compress(page("Zipped", STORY).encode()), {}),
-    ("wrong-charset", page("Café crème", STORY).encode("latin-1"), {"Content-Type": "text/html; charset=utf-8"}),
+    ("wrong-charset", page("Café crème", STORY).encode("latin-1"),
+     {"Content-Type": "text/html; charset=utf-8"}),
     ("huge", b"<html><body>" + b"<p>spam</p>" * 600_000 + b"</body></html>", {}),
     ("binary", bytes(range(256)) * 100, {}),
 ])

@@ -1,4 +1,4 @@
-"""The shipped `ceasefire` topic on the labelled news in ../shared/news/ceasefire-dev.jsonl (issue 4's bar)."""
+"""The shipped `ceasefire` topic on ../shared/news/ceasefire-dev.jsonl, against issue 4's bar."""
 
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ from test_alerts import (  # the loopback server and helpers, and its fixtures
 )
 
 from ingester import dlq
-from ingester.alerts import alerted_key
 from ingester.config import Config
 from ingester.keys import Keys
 from ingester.safehttp import SafeClient
@@ -46,12 +45,12 @@ async def test_parked_alert_listed_and_replayed(redis: aioredis.Redis, keys: Key
     (item,) = await dlq.list_dead(redis, keys)
     assert (item.stage, item.kind, item.notifier, item.topic) == ("notify", "alert", "newsroom", "ceasefire")
     assert item.reason == "HTTP 404: channel_not_found" and item.at is not None and item.is_alert
-    assert not await redis.exists(alerted_key(keys, "newsroom", "ceasefire", "a1"))
+    assert not await redis.exists(keys.alerted("newsroom", "ceasefire", "a1"))
     assert await dlq.replay(redis, keys, config, client) == (1, 0)  # the channel is back: 200
     assert await dlq.list_dead(redis, keys) == []
     first, again = hook.received
     assert first.body == again.body
-    assert await redis.exists(alerted_key(keys, "newsroom", "ceasefire", "a1"))
+    assert await redis.exists(keys.alerted("newsroom", "ceasefire", "a1"))
 
 
 async def test_replay_that_fails_again_keeps_the_entry(redis: aioredis.Redis, keys: Keys, hook: Hook,
@@ -112,5 +111,5 @@ async def test_parked_digest_replayed(redis: aioredis.Redis, keys: Keys, hook: H
     assert [s["id"] for s in orjson.loads(item.fields["data"])] == ["a1", "a2"]
     assert await dlq.replay(redis, keys, config, client) == (1, 0)
     assert hook.received[0].body == hook.received[1].body
-    assert await redis.exists(alerted_key(keys, "newsroom", "ceasefire", "a2"))
+    assert await redis.exists(keys.alerted("newsroom", "ceasefire", "a2"))
     assert await dlq.list_dead(redis, keys) == []

@@ -123,6 +123,8 @@ async def test_hold_off_never_shortens_a_longer_one(redis: aioredis.Redis, keys:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.5), gate.slot("example.org"):
             pass
+    await gate.hold_off("example.org", 10 * 365 * 86400)  # a hostile Retry-After is capped at a day
+    assert 0 < await redis.pttl(keys.gate("example.org")) <= 86_401_000
 
 
 async def test_gate_wait_past_the_deadline_is_busy_and_sends_nothing(

@@ -332,7 +332,9 @@ def test_every_operator_agrees_with_the_reference(
 
 @settings(max_examples=300, deadline=None)
 @given(span_query, token_lists, st.data())
-def test_near_and_phrases_agree_with_the_reference_in_one_field(node: R, text: list[str], data: st.DataObject) -> None:
+def test_near_and_phrases_agree_with_the_reference_in_one_field(
+    node: R, text: list[str], data: st.DataObject
+) -> None:
     query = render(node, data.draw)
     assert match_query(query, Doc("", " ".join(text))).matched == bool(spans(node, text)), query
 

@@ -330,7 +330,7 @@ async def test_header_injection_is_a_fetch_error(serve) -> None:
     assert server.requests == []
 
 
-async def test_cached_lookup_is_still_checked(serve) -> None:
+async def test_guard_checks_cached_lookups_again(serve) -> None:
     server = await serve(ok=respond())
     before = refusals()
     async with SafeClient(NO_PRIVATE) as client:

@@ -15,6 +15,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ingester import config as config_mod
+from ingester.alerts import Alerter
 from ingester.articles import ArticleStage
 from ingester.config import Config
 from ingester.connection import connect, safe_url
@@ -23,8 +24,8 @@ from ingester.extract import Extractor
 from ingester.keys import Keys
 from ingester.neardup import NearDupIndex
 from ingester.opml import read_opml
-from ingester.poll import Poller
 from ingester.politeness import Gate
+from ingester.poll import Poller
 from ingester.pool import WorkerPool
 from ingester.publish import Publisher
 from ingester.safehttp import SafeClient
@@ -48,6 +49,10 @@ def feed_sources(config: Config) -> list[FeedSource]:
     return list(sources.values())
 
 
+def embedded_data_dir(config: Config) -> Path:
+    return Path(config.redis.data_dir).expanduser() if config.redis.data_dir else default_data_dir()
+
+
 @contextlib.asynccontextmanager
 async def open_redis(config: Config, *, attach: bool = False) -> AsyncIterator[aioredis.Redis]:
     """The configured Redis, or a private redis-server child when none is configured.
@@ -57,10 +62,10 @@ async def open_redis(config: Config, *, attach: bool = False) -> AsyncIterator[a
     url = config.redis_url
     embedded = None
     if url is None:
-        data_dir = Path(config.redis.data_dir).expanduser() if config.redis.data_dir else default_data_dir()
+        data_dir = embedded_data_dir(config)
         embedded = EmbeddedRedis(data_dir)
         try:
-            url = await asyncio.to_thread(embedded.start)
+            url = embedded.start()  # from this thread: the server dies with it (see embedded.py)
             log.info("embedded redis-server started", data_dir=str(data_dir))
         except EmbeddedRedisBusy as busy:
             if not (attach and busy.url):
@@ -96,9 +101,11 @@ class Daemon:
         gate = Gate(redis, keys, concurrency=config.network.host_concurrency,
                     min_gap=config.network.host_min_gap)
         client = SafeClient(config.network, gate=gate)
-        parser = WorkerPool(max(1, (os.cpu_count() or 2) // 2), timeout=20.0)
+        # A poll is one request (network.timeout) and one parse (as long again): the schedule's
+        # lease outlasts both, so a feed is never polled twice at once.
+        parser = WorkerPool(max(1, (os.cpu_count() or 2) // 2), timeout=config.network.timeout)
         extractor = Extractor(workers=config.articles.workers, timeout=config.articles.extract_timeout)
-        schedule = Schedule(redis, keys, lease=2 * config.network.timeout + 30)
+        schedule = Schedule(redis, keys, lease=2 * config.network.timeout + 5)
         near = NearDupIndex(redis, keys, threshold=config.articles.near_duplicate_threshold,
                             retention=config.articles.dedup_retention)
         stage = ArticleStage(config, client, extractor, parser, Publisher(
@@ -123,6 +130,11 @@ class Daemon:
         scheduler.add_job(maintenance.run, "interval", seconds=60, **job)
         scheduler.start()
         article_task = asyncio.create_task(articles.run(self.stop))
+        # Alerts get their own client: notifiers pace themselves per webhook (ingester.alerts),
+        # and the per-host gate would make every Slack webhook share one slot on hooks.slack.com.
+        alert_client = SafeClient(config.network)
+        alert_task = asyncio.create_task(Alerter(redis, keys, config, alert_client, name=self.name)
+                                         .run(self.stop))
         self._install_signals()
         self.ready.set()
         log.info("ingester running", feeds=len(await schedule.feeds()), topics=len(config.topics),
@@ -133,7 +145,10 @@ class Daemon:
             log.info("stopping", grace=config.server.shutdown_grace)
             scheduler.shutdown(wait=False)
             await self._drain(polls, articles, article_task, config.server.shutdown_grace)
-            await client.aclose()
+            await asyncio.wait([alert_task], timeout=config.server.shutdown_grace)
+            alert_task.cancel()
+            await asyncio.gather(alert_task, return_exceptions=True)
+            await asyncio.gather(client.aclose(), alert_client.aclose())
             extractor.close()
             parser.close()
             log.info("stopped")

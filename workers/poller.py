@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -51,10 +52,8 @@ class PollWorker:
 
     async def _release(self, fid: str) -> None:
         """An interrupted poll makes the feed due at once, for this or another daemon."""
-        try:
+        with contextlib.suppress(Exception):  # else the lease runs out anyway
             await self.schedule.reschedule(fid, 0)
-        except Exception:
-            pass  # the lease will run out anyway
 
     async def drain(self, timeout: float) -> None:
         """Stop claiming; let in-flight polls finish for up to `timeout` seconds, then cancel them."""

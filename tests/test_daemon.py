@@ -1,0 +1,171 @@
+"""The daemon as a user runs it: `ingester run` in a subprocess, real Redis, a real loopback feed server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from ingester.connection import connect
+from ingester.embedded import EmbeddedRedis
+from ingester.keys import Keys
+
+STORY = ("<html lang='en'><head><title>Story {n}</title></head><body><article><h1>Story {n}</h1>"
+         + "<p>Paragraph {n} of a story long enough to be kept by the extractor, with some words.</p>" * 6
+         + "</article></body></html>")
+
+
+class FeedServer:
+    """Feeds /feed/<i> (each with one story); records how many polls of each feed overlap."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.in_flight: Counter[str] = Counter()
+        self.max_overlap: Counter[str] = Counter()
+        self.polls: dict[str, list[float]] = defaultdict(list)
+        self.port = 0
+
+    async def feed(self, request: web.Request) -> web.Response:
+        name = request.match_info["n"]
+        self.in_flight[name] += 1
+        self.max_overlap[name] = max(self.max_overlap[name], self.in_flight[name])
+        self.polls[name].append(time.monotonic())
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight[name] -= 1
+        base = f"http://127.0.0.1:{self.port}"
+        body = (f"<rss version='2.0'><channel><title>Feed {name}</title><link>{base}/</link>"
+                f"<item><title>Story {name}</title><link>{base}/story/{name}</link></item></channel></rss>")
+        return web.Response(text=body, content_type="application/rss+xml")
+
+    async def story(self, request: web.Request) -> web.Response:
+        return web.Response(text=STORY.format(n=request.match_info["n"]), content_type="text/html")
+
+
+@pytest.fixture
+async def feeds() -> AsyncIterator[FeedServer]:
+    server = FeedServer(delay=0.3)
+    app = web.Application()
+    app.router.add_get("/feed/{n}", server.feed)
+    app.router.add_get("/story/{n}", server.story)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.port = runner.addresses[0][1]
+    yield server
+    await runner.cleanup()
+
+
+def write_config(path: Path, feeds: FeedServer, count: int, *, namespace: str,
+                 data_dir: Path | None = None) -> Path:
+    lines = [
+        "[redis]", f'namespace = "{namespace}"',
+        *([f'data_dir = "{data_dir}"'] if data_dir else []),
+        "[polling]", 'default_interval = "1s"', 'min_interval = "1s"', 'max_interval = "2s"',
+        # timeout 2 s: a killed daemon's feeds are leased for 2 x 2 + 5 s
+        "[network]", 'allow_private = ["127.0.0.0/8"]', "host_min_gap = 0", "host_concurrency = 50",
+        'timeout = "2s"',
+        "[server]", "port = 0",
+    ]
+    for i in range(count):
+        lines += ["[[feeds]]", f'url = "http://127.0.0.1:{feeds.port}/feed/{i}"', 'interval = "1s"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "ingester", "run", "--config", str(config)],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.1)
+
+
+async def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    process.send_signal(sig)
+    started = time.monotonic()
+    while process.poll() is None:
+        assert time.monotonic() - started < 15, "the daemon did not exit within 15 s"
+        await asyncio.sleep(0.05)
+    return process.returncode
+
+
+async def test_run_ingests_and_exits_0_on_sigterm_with_the_embedded_redis(feeds, tmp_path):  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "c.toml", feeds, 3, namespace="e2e", data_dir=data)
+    env = {"INGESTER_REDIS_URL": ""}
+    daemon = start(config, env)
+    try:
+        await wait_for(lambda: _async(all(feeds.polls[str(i)] for i in range(3))))
+        await asyncio.sleep(3)  # let the stories through the article stage
+    finally:
+        code = await stop(daemon)
+    assert code == 0, daemon.stderr.read().decode()[-2000:] if daemon.stderr else ""
+    # Its Redis kept the data: start it again on the same directory and read the stream.
+    with EmbeddedRedis(data) as server:
+        client = connect(server.url)
+        titles = sorted([f["data"] for _, f in await client.xrange(Keys("e2e").articles)])
+        await client.aclose()
+    assert len(titles) == 3
+
+
+async def test_two_daemons_never_poll_a_feed_at_once_and_take_over_a_killed_ones_feeds(  # type: ignore[no-untyped-def]
+        feeds, tmp_path, redis_url, namespace):
+    config = write_config(tmp_path / "c.toml", feeds, 12, namespace=namespace)
+    env = {"INGESTER_REDIS_URL": redis_url}
+    first, second = start(config, env), start(config, env)
+    try:
+        # each feed is due every second and each poll takes 0.3 s: plenty of chances to overlap
+        await wait_for(lambda: _async(all(len(feeds.polls[str(i)]) >= 3 for i in range(12))), 60)
+        assert max(feeds.max_overlap.values()) == 1
+        await stop(first, signal.SIGKILL)
+        killed_at = time.monotonic()
+        # the killed daemon's leases (2 x 2 s + 5 s) run out and the survivor polls every feed
+        await wait_for(lambda: _async(all(any(t > killed_at + 1 for t in feeds.polls[str(i)])
+                                          for i in range(12))), 40)
+        assert max(feeds.max_overlap.values()) == 1
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                await stop(process)
+    assert second.returncode == 0
+
+
+async def test_a_killed_daemon_takes_its_embedded_redis_with_it(feeds, tmp_path):  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "c.toml", feeds, 1, namespace="k", data_dir=data)
+    daemon = start(config, {"INGESTER_REDIS_URL": ""})
+    await wait_for(lambda: _async(bool(feeds.polls["0"])))
+    assert processes_using(data), "the embedded redis-server should be running"
+    await stop(daemon, signal.SIGKILL)
+    await wait_for(lambda: _async(not processes_using(data)), timeout=10)
+
+
+def processes_using(path: Path) -> list[int]:
+    """Pids whose command line names `path` (the embedded redis-server is started with --dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+async def _async(value: bool) -> bool:
+    return value
