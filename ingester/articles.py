@@ -15,7 +15,7 @@ from ingester import metrics
 from ingester.canonical import article_id, canonical_url, normalize_url, source_host
 from ingester.config import Config
 from ingester.extract import Extracted, ExtractError, Extractor, html_to_text
-from ingester.neardup import NearDupIndex, signature
+from ingester.neardup import signature
 from ingester.pool import WorkerPool
 from ingester.publish import Publisher
 from ingester.record import Article, Entry, utc_iso
@@ -39,13 +39,12 @@ class Page:
 
 class ArticleStage:
     def __init__(self, config: Config, client: SafeClient, extractor: Extractor, hasher: WorkerPool,
-                 publisher: Publisher, near: NearDupIndex, topics: TopicSet) -> None:
+                 publisher: Publisher, topics: TopicSet) -> None:
         self.config = config
         self.client = client
         self.extractor = extractor
         self.hasher = hasher
         self.publisher = publisher
-        self.near = near
         self.topics = topics
 
     async def process(self, entry: Entry, source: Message | None = None, group: str = "") -> str:
@@ -90,6 +89,7 @@ class ArticleStage:
         return extracted
 
     async def _article(self, entry: Entry, page: Page) -> tuple[Article, bytes | None]:
+        """The record (its cluster is chosen when it is published) and its near-dup signature."""
         ex = page.extracted
         feed_text = html_to_text(entry.content or entry.summary)
         use_page = ex is not None and len(ex.text) >= self.config.articles.min_text_length
@@ -97,9 +97,6 @@ class ArticleStage:
         canonical = canonical_url(entry.link, page.final_url, ex.canonical if ex else None)
         aid = article_id(canonical)
         sig = await self.hasher.run(signature, text) if text else None
-        cluster = (await self.near.find(sig) if sig else None) or aid
-        if cluster != aid:
-            metrics.DUPLICATES.labels(kind="near").inc()
         title = (ex.title if ex and ex.title else "") or entry.title
         language = ex.language if ex else None
         scores = self.topics.match(Doc(title=title, text=text, language=language))
@@ -110,7 +107,7 @@ class ArticleStage:
             authors=(ex.authors if ex and ex.authors else entry.authors),
             language=language, published_at=entry.published_at or (ex.published_at if ex else None),
             fetched_at=utc_iso(), extraction="trafilatura" if use_page else "feed",
-            cluster_id=cluster, topics=sorted(scores), scores={t: round(s, 4) for t, s in scores.items()},
+            cluster_id=aid, topics=sorted(scores), scores={t: round(s, 4) for t, s in scores.items()},
         )
         return article, sig
 

@@ -80,8 +80,10 @@ class EmbeddedRedis:
     and unacknowledged work. One daemon at a time may own a data directory.
     """
 
-    def __init__(self, data_dir: Path, *, persist: bool = True, tcp: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, persist: bool = True, tcp: bool = False,
+                 port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.port = port  # TCP port; None picks a free one at each start
         self.persist = persist
         self.tcp = tcp
         self.url = ""
@@ -108,7 +110,7 @@ class EmbeddedRedis:
             ["--appendonly", "no"]
         sock = self.data_dir.resolve() / "redis.sock"
         if self.tcp or len(str(sock)) > 100:  # Unix socket paths are limited to ~107 bytes
-            port = free_port()
+            port = self.port or free_port()
             args += ["--port", str(port), "--bind", "127.0.0.1"]
             self.url = f"redis://127.0.0.1:{port}/0"
         else:

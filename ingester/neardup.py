@@ -162,6 +162,10 @@ class NearDupIndex:
         best = int(np.argmax(scores))
         return found[best][SIG_BYTES:].decode() if scores[best] >= self.threshold else None
 
+    def bucket_keys(self, sig: bytes) -> list[str]:
+        """The keys `find` reads for `sig`: WATCH them to make find-then-add safe against a racing copy."""
+        return [self._slot(band, value)[0] for band, value in enumerate(bands(sig))]
+
     async def _candidates(self, sig: bytes) -> set[bytes]:
         slots = [self._slot(band, value) for band, value in enumerate(bands(sig))]
         async with self.redis.pipeline(transaction=False) as pipe:

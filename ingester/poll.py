@@ -18,14 +18,15 @@ from ingester.config import Config
 from ingester.feedparse import FeedParseError, ParsedFeed, entry_key, parse_feed
 from ingester.keys import Keys
 from ingester.politeness import Gate
-from ingester.pool import TaskTimeout, WorkerCrashed, WorkerPool
-from ingester.safehttp import FetchError, SafeClient
+from ingester.pool import TaskFailed, WorkerPool
+from ingester.safehttp import FetchError, GateBusy, SafeClient
 from ingester.schedule import Schedule, feed_id, jittered
 
 log = structlog.get_logger("ingester.poll")
 
 FEED_MAX_BYTES = 8 * 1024 * 1024
 RATE_SMOOTHING = 0.3  # weight of the latest poll in the items-per-second average
+BUSY_RETRY = 5.0  # seconds, when the host's politeness slots stayed taken
 NEW_ITEMS_PER_POLL = 0.5  # aim: a new item every other poll, so news waits ~half an item gap
 
 # Queue entries not seen before; the seen marks and the stream write are one atomic step.
@@ -111,6 +112,8 @@ class Poller:
         url = state["url"]
         try:
             response = await self.client.get(url, self._validators(state), max_bytes=FEED_MAX_BYTES)
+        except GateBusy:  # nothing was sent: the host is just busy with other feeds
+            return PollResult("busy", 0, jittered(BUSY_RETRY))
         except FetchError as exc:
             return await self._failed(state, exc.kind, exc.reason)
         if response.status == 304:
@@ -127,7 +130,7 @@ class Poller:
         try:
             parsed: ParsedFeed = await self.parser.run(
                 parse_feed, response.content, response.url, response.headers.get("content-type", ""))
-        except (FeedParseError, TaskTimeout, WorkerCrashed) as exc:
+        except (FeedParseError, TaskFailed) as exc:
             metrics.FEED_PARSE_ERRORS.inc()
             return await self._failed(state, "parse", str(exc))
         new = await self._queue(url, parsed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from ingester import metrics
 from ingester.keys import Keys
@@ -53,25 +54,50 @@ class Publisher:
                       source: Message | None = None, group: str = "") -> bool:
         """Write `article` unless its id is already written; True when it was new.
 
+        With a `signature`, the article joins the cluster of its nearest indexed copy first. The index
+        buckets are WATCHed while the cluster is chosen, so two copies written at the same moment
+        cannot both start a cluster: the second transaction fails and looks again.
         `aliases` are the URLs it was reached by (so later entries for them skip the fetch);
         `source` is the entry it came from, acknowledged in the same transaction.
         """
-        keys = [self.keys.doc(article.id), self.keys.articles,
+        near = self.near if signature is not None else None
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                if near is not None and signature is not None:
+                    await pipe.watch(*near.bucket_keys(signature))
+                    article.cluster_id = await near.find(signature) or article.id
+                pipe.multi()
+                await self._script(keys=self._keys(article, aliases, source),
+                                   args=self._args(article, aliases, source, group), client=pipe)
+                if near is not None and signature is not None:
+                    near.add(pipe, article.id, article.cluster_id, signature)
+                try:
+                    results = await pipe.execute()
+                    break
+                except WatchError:
+                    continue
+        fresh = bool(results[0])
+        self._count(article, fresh)
+        return fresh
+
+    def _keys(self, article: Article, aliases: Sequence[str], source: Message | None) -> list[str]:
+        return [self.keys.doc(article.id), self.keys.articles,
                 source.stream if source else self.keys.entries,
                 *(self.keys.url(u) for u in dict.fromkeys(aliases)),
                 *(self.keys.topic(t) for t in article.topics)]
-        args = [self.retention, article.id, article.dumps(), group, source.id if source else "",
+
+    def _args(self, article: Article, aliases: Sequence[str], source: Message | None,
+              group: str) -> list[str | int]:
+        return [self.retention, article.id, article.dumps(), group, source.id if source else "",
                 len(dict.fromkeys(aliases))]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await self._script(keys=keys, args=args, client=pipe)
-            if self.near is not None and signature is not None:
-                self.near.add(pipe, article.id, article.cluster_id, signature)
-            results = await pipe.execute()
-        fresh = bool(results[0])
-        if fresh:
-            metrics.ARTICLES.labels(extraction=article.extraction).inc()
-            for topic in article.topics:
-                metrics.MATCHES.labels(topic=topic).inc()
-        else:
+
+    @staticmethod
+    def _count(article: Article, fresh: bool) -> None:
+        if not fresh:
             metrics.DUPLICATES.labels(kind="exact").inc()
-        return fresh
+            return
+        metrics.ARTICLES.labels(extraction=article.extraction).inc()
+        if article.cluster_id != article.id:
+            metrics.DUPLICATES.labels(kind="near").inc()
+        for topic in article.topics:
+            metrics.MATCHES.labels(topic=topic).inc()

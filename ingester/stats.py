@@ -129,9 +129,20 @@ async def feed_stats(redis: aioredis.Redis, keys: Keys) -> list[FeedStat]:
 
 
 async def topic_stats(redis: aioredis.Redis, keys: Keys, topics: Iterable[str]) -> list[TopicStat]:
-    seconds, micros = await redis.time()
-    since_ms = int(seconds) * 1000 + int(micros) // 1000 - int(DAY * 1000)
+    since_ms = await _day_ago_ms(redis)
     return [await stream_stat(redis, name, keys.topic(name), since_ms) for name in topics]
+
+
+async def pipeline_stats(redis: aioredis.Redis, keys: Keys) -> list[TopicStat]:
+    """The internal streams: entries waiting for extraction, articles written, dead letters."""
+    since_ms = await _day_ago_ms(redis)
+    return [await stream_stat(redis, name, stream, since_ms)
+            for name, stream in (("entries", keys.entries), ("articles", keys.articles), ("dead", keys.dead))]
+
+
+async def _day_ago_ms(redis: aioredis.Redis) -> int:
+    seconds, micros = await redis.time()  # the clock stream ids are made from
+    return int(seconds) * 1000 + int(micros) // 1000 - int(DAY * 1000)
 
 
 async def stream_stat(redis: aioredis.Redis, name: str, stream: str, since_ms: int) -> TopicStat:
@@ -201,10 +212,14 @@ def feed_table(feeds: list[FeedStat], now: float) -> Table:
     return table
 
 
-def topic_table(topics: list[TopicStat]) -> Table:
-    table = Table(title=f"Topics: {len(topics)}", title_justify="left")
-    for name in ("Topic", "Entries", "Last 24 h", "Group", "Pending", "Lag"):
-        table.add_column(name, justify="left" if name in ("Topic", "Group") else "right")
+def topic_table(topics: list[TopicStat], title: str = "Topics") -> Table:
+    table = Table(title=f"{title}: {len(topics)}", title_justify="left")
+    table.add_column(title.rstrip("s"))
+    for name in ("Entries", "Last 24 h"):
+        table.add_column(name, justify="right")
+    table.add_column("Group")
+    for name in ("Pending", "Lag"):
+        table.add_column(name, justify="right")
     for topic in topics:
         groups: list[GroupStat | None] = [*topic.groups] or [None]
         for i, group in enumerate(groups):
@@ -212,14 +227,18 @@ def topic_table(topics: list[TopicStat]) -> Table:
             table.add_row(topic.name if first else "", str(topic.length) if first else "",
                           str(topic.last_day) if first else "", group.name if group else "-",
                           str(group.pending) if group else "-",
-                          "?" if group is None or group.lag is None else str(group.lag))
+                          "-" if group is None else "?" if group.lag is None else str(group.lag))
     return table
 
 
-def render(feeds: list[FeedStat], topics: list[TopicStat], *, now: float | None = None) -> RenderableType:
-    """The health tables, failing feeds first (as feed_stats sorts them)."""
+def render(feeds: list[FeedStat], topics: list[TopicStat], *, streams: list[TopicStat] | None = None,
+           now: float | None = None) -> RenderableType:
+    """The health tables, failing feeds first; `streams` (pipeline_stats) adds the internal streams."""
     now = time.time() if now is None else now
-    return Group(feed_table(sorted(feeds, key=sort_key), now), topic_table(topics))
+    tables: list[RenderableType] = [feed_table(sorted(feeds, key=sort_key), now), topic_table(topics)]
+    if streams is not None:
+        tables.append(topic_table(streams, "Streams"))
+    return Group(*tables)
 
 
 def progress(*, console: Console | None = None, transient: bool = False) -> Progress:

@@ -80,7 +80,7 @@ async def stage(redis, keys: Keys, pools) -> AsyncIterator[ArticleStage]:  # typ
     client = SafeClient(config.network)
     near = NearDupIndex(redis, keys, retention=config.articles.dedup_retention)
     publisher = Publisher(redis, keys, retention=config.articles.dedup_retention, near=near)
-    yield ArticleStage(config, client, extractor, hasher, publisher, near, TopicSet(config.topics))
+    yield ArticleStage(config, client, extractor, hasher, publisher, TopicSet(config.topics))
     await client.aclose()
 
 
@@ -249,7 +249,7 @@ class FailingStage(ArticleStage):
 
 async def test_an_entry_failing_n_times_goes_to_the_dead_stream(stage, httpserver, redis, keys):  # type: ignore[no-untyped-def]
     failing = FailingStage(stage.config, stage.client, stage.extractor, stage.hasher, stage.publisher,
-                           stage.near, stage.topics)
+                           stage.topics)
     httpserver.expect_request("/fine").respond_with_data(page("Fine", OTHER), content_type="text/html")
     await redis.xadd(keys.entries, {"data": entry(httpserver.url_for("/poison")).dumps()})
     await redis.xadd(keys.entries, {"data": entry(httpserver.url_for("/fine")).dumps()})

@@ -73,7 +73,7 @@ def write_config(path: Path, feeds: FeedServer, count: int, *, namespace: str,
         "[redis]", f'namespace = "{namespace}"',
         *([f'data_dir = "{data_dir}"'] if data_dir else []),
         "[polling]", 'default_interval = "1s"', 'min_interval = "1s"', 'max_interval = "2s"',
-        # timeout 2 s: a killed daemon's feeds are leased for 2 x 2 + 5 s
+        # timeout 2 s: a killed daemon's feeds are leased for 3 x 2 + 5 s
         "[network]", 'allow_private = ["127.0.0.0/8"]', "host_min_gap = 0", "host_concurrency = 50",
         'timeout = "2s"',
         "[server]", "port = 0",
@@ -134,7 +134,7 @@ async def test_two_daemons_never_poll_a_feed_at_once_and_take_over_a_killed_ones
         assert max(feeds.max_overlap.values()) == 1
         await stop(first, signal.SIGKILL)
         killed_at = time.monotonic()
-        # the killed daemon's leases (2 x 2 s + 5 s) run out and the survivor polls every feed
+        # the killed daemon's leases (3 x 2 s + 5 s) run out and the survivor polls every feed
         await wait_for(lambda: _async(all(any(t > killed_at + 1 for t in feeds.polls[str(i)])
                                           for i in range(12))), 40)
         assert max(feeds.max_overlap.values()) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,9 +29,9 @@ def rss(title: str, *items: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def parser() -> AsyncIterator[WorkerPool]:
+def parser() -> Iterator[WorkerPool]:
     pool = WorkerPool(1, timeout=20)
-    yield pool  # type: ignore[misc]
+    yield pool
     pool.close()
 
 
@@ -158,3 +158,18 @@ def test_progress_bar_counts() -> None:
             bar.advance(task, 1000)
         assert bar.tasks[0].completed == 3000 and bar.finished
     assert "3000/3000" in out.getvalue()
+
+
+async def test_pipeline_stats_show_the_entries_backlog_and_dead_letters(redis: aioredis.Redis,
+                                                                       keys: Keys) -> None:
+    for _ in range(4):
+        await redis.xadd(keys.entries, {"data": "{}"})
+    await redis.xgroup_create(keys.entries, "articles", id="0")
+    await redis.xadd(keys.dead, {"reason": "unreadable"})
+    entries, articles, dead = await stats.pipeline_stats(redis, keys)
+    assert (entries.name, entries.length, entries.last_day) == ("entries", 4, 4)
+    (group,) = entries.groups
+    assert group.name == "articles" and group.pending == 0 and group.lag in (4, None)
+    assert (articles.length, dead.length) == (0, 1)
+    text = text_of(stats.render([], [], streams=[entries, articles, dead]))
+    assert "Streams: 3" in text and "Feeds: 0, failing: 0" in text

@@ -98,19 +98,20 @@ class Daemon:
         config = self.config
         self.redis = redis
         keys = Keys(config.redis.namespace)
-        gate = Gate(redis, keys, concurrency=config.network.host_concurrency,
-                    min_gap=config.network.host_min_gap)
-        client = SafeClient(config.network, gate=gate)
-        # A poll is one request (network.timeout) and one parse (as long again): the schedule's
-        # lease outlasts both, so a feed is never polled twice at once.
+        gate = Gate.from_config(redis, keys, config.network)
+        # Enough connections for every poll and article in flight, in pools of 10 (httpx's cost per
+        # request grows with the pool's size).
+        in_flight = config.polling.concurrency + config.articles.concurrency
+        client = SafeClient(config.network, gate=gate, pools=max(4, -(-in_flight // 10)))
+        # A poll is a wait for the host's slot and a request (network.timeout each) and one parse
+        # (as long again): the schedule's lease outlasts all three, so no feed is polled twice at once.
         parser = WorkerPool(max(1, (os.cpu_count() or 2) // 2), timeout=config.network.timeout)
         extractor = Extractor(workers=config.articles.workers, timeout=config.articles.extract_timeout)
-        schedule = Schedule(redis, keys, lease=2 * config.network.timeout + 5)
+        schedule = Schedule(redis, keys, lease=3 * config.network.timeout + 5)
         near = NearDupIndex(redis, keys, threshold=config.articles.near_duplicate_threshold,
                             retention=config.articles.dedup_retention)
-        stage = ArticleStage(config, client, extractor, parser, Publisher(
-            redis, keys, retention=config.articles.dedup_retention, near=near), near,
-            TopicSet(config.topics))
+        publisher = Publisher(redis, keys, retention=config.articles.dedup_retention, near=near)
+        stage = ArticleStage(config, client, extractor, parser, publisher, TopicSet(config.topics))
         consumer = Consumer(redis, [keys.entries], ARTICLES_GROUP, self.name, dead_stream=keys.dead,
                             stage="articles", reclaim_idle=config.articles.reclaim_idle,
                             max_attempts=config.articles.max_attempts)
