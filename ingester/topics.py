@@ -5,7 +5,8 @@ a matching article must contain, so an article only evaluates the topics its own
 cost grows with the article, not with the number of topics. Matching is CPU-bound: callers on an event
 loop run it in an executor.
 
-The score sums the mentions of the query's positive clauses, each weighted by its position.
+The score sums the mentions of the query's positive clauses, each weighted by its position and by whether
+it is enough on its own or needs company (an OR alternative that is a conjunction counts half).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ LEAD_SCALE = 25  # tokens, about one sentence: a mention this far into the text 
 MENTION_GAP = 10  # matches this close together (one phrase or sentence) are one mention
 TITLE_WEIGHT = 1.0  # a mention in the title counts as much as one at the very start of the text
 HEADLINE_MIN = 4  # a text that opens with this many tokens of the title repeats the headline
+CONDITIONAL_WEIGHT = 0.5  # an OR alternative that needs another positive clause is half the evidence
 
 Spans: TypeAlias = list[tuple[int, int]]  # inclusive token ranges, sorted by start
 Key: TypeAlias = tuple[object, ...]  # a position-free, hashable form of a positional leaf
@@ -241,7 +243,7 @@ def _describe(key: Key) -> str:
     return f"{_describe(key[1])} NEAR/{key[3]} {_describe(key[2])}"  # type: ignore[arg-type]
 
 
-Hits: TypeAlias = list[tuple[str, int]]  # (field, start position) of positive matches
+Hits: TypeAlias = list[tuple[str, int, float]]  # (field, start position, weight) of positive matches
 
 
 class _Node:
@@ -274,7 +276,7 @@ class _Leaf(_Node):
         hits: Hits = []
         for name, slot in self.slots:
             spans = art.spans(self.key, name, slot)
-            hits += [(name, s) for s, _ in spans]
+            hits += [(name, s, 1.0) for s, _ in spans]
             if fired is not None and spans:
                 words = [" ".join(art.tokens[name][s : e + 1]) for s, e in spans]
                 fired.append(Fired(_describe(self.key), name, spans, words))
@@ -282,18 +284,26 @@ class _Leaf(_Node):
 
 
 class _And(_Node):
-    __slots__ = ("children",)
+    __slots__ = ("children", "conditional")
 
     def __init__(self, children: list[_Node]) -> None:
         self.children = children
+        # two or more positive operands: each needs the other, so as an alternative it is weaker evidence
+        self.conditional = sum(_positive(c) for c in children) >= 2
 
     def true(self, art: _Article) -> bool:
         return all(c.true(art) for c in self.children)
 
     def evidence(self, art: _Article, fired: list[Fired] | None) -> Hits | None:
-        # a conjunction is only as strong as its weakest required clause
-        options = [h for c in self.children if (h := c.evidence(art, fired)) is not None]
-        return min(options, key=lambda h: weigh(h, art)) if options else None
+        # the first positive operand is the subject; the others qualify it, like a filter
+        subject: Hits | None = None
+        for child in self.children:
+            hits = child.evidence(art, fired)
+            if subject is None:
+                subject = hits
+                if hits is not None and fired is None:
+                    break  # the qualifiers' matches are only wanted for an explanation
+        return subject
 
 
 class _Or(_Node):
@@ -310,6 +320,8 @@ class _Or(_Node):
         pooled: Hits | None = None
         for child in self.children:
             if child.true(art) and (hits := child.evidence(art, fired)) is not None:
+                if isinstance(child, _And) and child.conditional:
+                    hits = [(f, p, w * CONDITIONAL_WEIGHT) for f, p, w in hits]
                 pooled = hits if pooled is None else pooled + hits
         return pooled
 
@@ -340,6 +352,15 @@ class _Lang(_Node):
         return None
 
 
+def _positive(node: _Node) -> bool:
+    """Whether the node can carry evidence: it has a term, phrase or NEAR outside any NOT."""
+    if isinstance(node, _Leaf):
+        return True
+    if isinstance(node, _And | _Or):
+        return any(_positive(c) for c in node.children)
+    return False
+
+
 def _compile(node: q.Query, fields: tuple[str, ...] = q.FIELDS) -> _Node:
     if isinstance(node, q.Field):
         return _compile(node.child, (node.field,))
@@ -355,26 +376,31 @@ def _compile(node: q.Query, fields: tuple[str, ...] = q.FIELDS) -> _Node:
 
 
 def weigh(hits: Hits, art: _Article) -> float:
-    """Sum over mentions of 1 / (1 + position / LEAD_SCALE); title mentions count TITLE_WEIGHT each.
+    """Sum over mentions of weight / (1 + position / LEAD_SCALE); title mentions count TITLE_WEIGHT each.
 
-    A mention is a run of matches less than MENTION_GAP tokens apart. Text positions count from the end of
-    a repeated headline, so a headline copied into the text is neither counted twice nor taken as the lead.
+    A mention is a run of matches less than MENTION_GAP tokens apart, as strong as its strongest match.
+    Text positions count from the end of a repeated headline, so a headline copied into the text is neither
+    counted twice nor taken as the lead.
     """
-    title = sorted(p for f, p in hits if f == "title")
+    title = sorted((p, w) for f, p, w in hits if f == "title")
     skip = art.headline
-    text = sorted(p - skip for f, p in hits if f == "text" and p >= skip)
-    return TITLE_WEIGHT * len(_mentions(title)) + sum(1 / (1 + p / LEAD_SCALE) for p in _mentions(text))
+    text = sorted((p - skip, w) for f, p, w in hits if f == "text" and p >= skip)
+    return TITLE_WEIGHT * sum(w for _, w in _mentions(title)) + sum(
+        w / (1 + p / LEAD_SCALE) for p, w in _mentions(text)
+    )
 
 
-def _mentions(positions: list[int]) -> list[int]:
-    """The first position of each run of positions less than MENTION_GAP apart."""
-    starts: list[int] = []
+def _mentions(hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(first position, strongest weight) of each run of positions less than MENTION_GAP apart."""
+    runs: list[tuple[int, float]] = []
     last = -MENTION_GAP - 1
-    for p in positions:
+    for p, w in hits:
         if p - last > MENTION_GAP:
-            starts.append(p)
+            runs.append((p, w))
+        elif w > runs[-1][1]:
+            runs[-1] = (runs[-1][0], w)
         last = p
-    return starts
+    return runs
 
 
 def relevance(root: _Node, art: _Article, fired: list[Fired] | None = None) -> float:

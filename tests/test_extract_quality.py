@@ -58,7 +58,7 @@ async def test_quality_at_least_plain_trafilatura() -> None:
     try:
         ours = await asyncio.gather(*(pool.extract(html, url) for html, url, _ in pages))
         # plain trafilatura, default settings, on the same decoded text, in the same pool
-        plain = await asyncio.gather(*(pool._run(trafilatura.extract, html) for html, _, _ in pages))
+        plain = await asyncio.gather(*(pool._pool.run(trafilatura.extract, html) for html, _, _ in pages))
     finally:
         pool.close()
     ours_score, plain_score = Score(), Score()

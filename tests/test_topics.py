@@ -70,11 +70,25 @@ def test_matches_close_together_are_one_mention() -> None:
     assert far > 1.0
 
 
-def test_and_scores_its_weakest_clause_and_not_adds_nothing() -> None:
+def test_and_scores_its_first_clause_and_not_adds_nothing() -> None:
     doc = Doc("", "truce " + "x " * 50 + "gaza")
-    assert match_query("truce AND gaza", doc).score == match_query("gaza", doc).score
+    assert match_query("truce AND gaza", doc).score == match_query("truce", doc).score
+    assert match_query("gaza AND truce", doc).score == match_query("gaza", doc).score
+    assert match_query("NOT football AND truce", doc).score == match_query("truce", doc).score
     assert match_query("truce AND NOT football", doc).score == match_query("truce", doc).score
     assert match_query("lang:en", Doc("", "x", "en")).score == 1.0
+    explained = {f.clause for f in match_query("truce AND gaza", doc).fired}
+    assert explained == {"truce", "gaza"}  # the qualifier still shows in the explanation
+
+
+def test_an_alternative_that_needs_company_counts_half() -> None:
+    doc = Doc("", "peace talks " + "x " * 50 + "war")
+    alone = match_query('"peace talks"', doc).score
+    assert match_query('truce OR ("peace talks" AND war)', doc).score == pytest.approx(alone / 2)
+    assert match_query('"peace talks" AND war', doc).score == alone  # not an alternative: nothing to weigh
+    assert match_query('truce OR ("peace talks" NOT football)', doc).score == alone  # a filter, not company
+    both = Doc("", "truce peace talks " + "x " * 50 + "war")  # one mention, as strong as its strongest match
+    assert match_query('truce OR ("peace talks" AND war)', both).score == pytest.approx(1.0)
 
 
 def test_a_headline_repeated_at_the_start_of_the_text_is_not_counted_twice() -> None:

@@ -1,0 +1,421 @@
+"""Ingest benchmark: a backlog of real article pages behind feeds on loopback, ingested end to end.
+
+    .venv/bin/python bench/ingest_bench.py [--pages N] [--feeds N] [--hosts N] [--profile]
+
+The pages are the gzipped HTML files of ../shared/pages/trafilatura-eval/ (all 990 distinct pages by
+default), read at run time and served by an aiohttp child process on 127.0.0.1..127.0.0.HOSTS, behind
+FEEDS RSS feeds that list them. The daemon (workers.daemon.Daemon, built from a generated TOML config with
+the topics of deploy/example.toml) polls the feeds, queues the entries, fetches and extracts every page in
+its Extractor pool (os.cpu_count() workers), dedups, clusters, matches topics and writes the articles to a
+redis-server of its own. Prints, in one run:
+
+1. articles/s end to end (first poll to last article), and steady state (first to last article, which
+   leaves out the extraction pool's start-up and warm-up);
+2. the ceiling = os.cpu_count() / median single-core time of trafilatura.bare_extraction(html,
+   with_metadata=True) on the same pages' decoded text, and the ratio steady-state / ceiling;
+3. a naive sequential loop in this process (feedparser -> httpx -> bare_extraction, one page at a time),
+   and the ratio to it.
+
+--profile runs cProfile on the daemon's (main) process during the ingest and prints its top costs; it
+slows that process, so the rates of a profiled run are not the benchmark's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import gzip
+import io
+import json
+import logging
+import multiprocessing
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import feedparser
+import httpx
+import trafilatura
+
+from ingester import logs
+from ingester.connection import connect
+from ingester.embedded import EmbeddedRedis, free_port
+from ingester.extract import _QUIET_LOGGERS, _WARMUP_HTML
+from ingester.keys import Keys
+from ingester.safehttp import decode_html
+from workers.daemon import Daemon
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = REPO.parent / "shared" / "pages" / "trafilatura-eval"
+NAMESPACE = "bench"
+TOPICS_BEGIN, TOPICS_END = "# --- topics: begin ---", "# --- topics: end ---"
+
+
+# ---------------------------------------------------------------- the loopback site (child process)
+
+
+def page_url(port: int, hosts: int, n: int) -> str:
+    return f"http://127.0.0.{1 + n % hosts}:{port}/page/{n}"
+
+
+def feed_url(port: int, hosts: int, k: int) -> str:
+    return f"http://127.0.0.{1 + k % hosts}:{port}/feed/{k}"
+
+
+def rss(port: int, hosts: int, feeds: int, k: int, pages: int) -> bytes:
+    """Feed k lists pages k, k + feeds, k + 2 * feeds, ... with a one-line summary each."""
+    items = "".join(
+        f"<item><title>Article {n}</title><link>{escape(page_url(port, hosts, n))}</link>"
+        f"<guid>{escape(page_url(port, hosts, n))}</guid>"
+        f"<description>Summary of article {n}, as the feed gives it.</description></item>"
+        for n in range(k, pages, feeds))
+    return (f"<?xml version='1.0' encoding='utf-8'?><rss version='2.0'><channel><title>Bench {k}</title>"
+            f"<link>http://127.0.0.1/</link>{items}</channel></rss>").encode()
+
+
+def serve(files: list[Path], port: int, hosts: int, feeds: int,
+          ready: Any) -> None:
+    """The pages (sent gzipped, as most sites do, when the client accepts it) and their feeds."""
+    from aiohttp import web
+
+    bodies = [f.read_bytes() for f in files]
+    plain = [gzip.decompress(b) for b in bodies]
+    channels = [rss(port, hosts, feeds, k, len(files)) for k in range(feeds)]
+
+    async def page(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            return web.Response(body=bodies[n], headers={"Content-Type": "text/html",
+                                                         "Content-Encoding": "gzip"})
+        return web.Response(body=plain[n], headers={"Content-Type": "text/html"})
+
+    async def feed(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304)
+        return web.Response(body=channels[int(request.match_info["k"])],
+                            headers={"Content-Type": "application/rss+xml", "ETag": '"v1"'})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/page/{n}", page)
+        app.router.add_get("/feed/{k}", feed)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for h in range(1, hosts + 1):
+            await web.TCPSite(runner, f"127.0.0.{h}", port, backlog=1024).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the daemon run
+
+
+@dataclass
+class Ingest:
+    entries: int
+    articles: int
+    dead: int
+    fallbacks: int  # extraction == "feed": the page gave under min_text_length characters
+    clustered: int  # written with the cluster of an earlier near-duplicate
+    matched: int  # with at least one topic
+    start: float  # the daemon's scheduler started (first poll tick TICK_SECONDS later)
+    first_entry: float
+    first_article: float
+    last_article: float
+    main_cpu: float  # CPU seconds of this (the daemon's) process during the ingest
+    cpu: dict[str, float]  # CPU seconds during the ingest, by process role
+    busy: float  # share of all cores busy machine-wide during the ingest (other users included)
+    log_lines: dict[str, int]  # log level -> lines the daemon wrote
+
+    @property
+    def end_to_end(self) -> float:
+        return self.entries / (self.last_article - self.start)
+
+    @property
+    def steady(self) -> float:
+        return (self.articles - 1) / (self.last_article - self.first_article)
+
+
+def write_config(path: Path, redis_url: str, feeds: list[str]) -> None:
+    example = (REPO / "deploy" / "example.toml").read_text(encoding="utf-8")
+    topics = example[example.index(TOPICS_BEGIN):example.index(TOPICS_END)]
+    feed_tables = "".join(f'[[feeds]]\nurl = "{u}"\n\n' for u in feeds)
+    path.write_text(f"""
+[redis]
+url = "{redis_url}"
+namespace = "{NAMESPACE}"
+
+[network]
+allow_private = ["127.0.0.0/8"]
+host_min_gap = 0
+host_concurrency = 64
+
+[server]
+port = 0
+
+{feed_tables}
+{topics}
+""", encoding="utf-8")
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def process_cpu() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds) of every process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            found[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def pool_pids(pool: Any) -> set[int]:
+    """The worker pids of a pebble pool (its private attributes: a diagnostic only)."""
+    with contextlib.suppress(AttributeError):
+        return set(pool._pool_manager.worker_manager.workers)
+    return set()
+
+
+def cpu_by_role(before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]],
+                daemon: Daemon) -> dict[str, float]:
+    """CPU seconds spent between the snapshots by this process and its descendants, by role."""
+    ours, grew = {os.getpid()}, True
+    while grew:
+        kids = {pid for pid, (ppid, _) in after.items() if ppid in ours} - ours
+        ours, grew = ours | kids, bool(kids)
+    extractors = pool_pids(daemon.stage.extractor._pool)
+    hashers = pool_pids(daemon.stage.hasher._pool)
+    roles: dict[str, float] = {}
+    for pid in ours:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}/comm").exists() else ""
+        role = ("daemon (main process)" if pid == os.getpid() else "extraction workers" if pid in extractors
+                else "feed parse + minhash worker" if pid in hashers else "redis-server" if "redis" in comm
+                else "page server (bench) + forkserver")
+        used = after[pid][1] - (before[pid][1] if pid in before else 0.0)
+        roles[role] = roles.get(role, 0.0) + used
+    return roles
+
+
+def stream_time(entry_id: str) -> float:
+    return int(entry_id.split("-")[0]) / 1000
+
+
+async def ingest(config: Path, redis_url: str, pages: int, log_file: Path,
+                 profiler: cProfile.Profile | None, limit: float) -> Ingest:
+    with log_file.open("w") as sink:
+        with contextlib.redirect_stderr(sink):
+            logs.configure("INFO", json=True)  # as the daemon logs in production, into a file
+        return await _ingest(config, redis_url, pages, log_file, profiler, limit)
+
+
+async def _ingest(config: Path, redis_url: str, pages: int, log_file: Path,
+                  profiler: cProfile.Profile | None, limit: float) -> Ingest:
+    daemon = Daemon(config, consumer_name="bench")
+    keys = Keys(NAMESPACE)
+    redis = connect(redis_url)
+    await redis.flushdb()
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.ready.wait(), 60)
+    start, cpu0, (busy0, total0) = time.time(), time.process_time(), cpu_times()
+    procs0 = process_cpu()
+    if profiler:
+        profiler.enable()
+    try:
+        await wait_done(redis, keys, pages, start + limit)
+    finally:
+        if profiler:
+            profiler.disable()
+        main_cpu, (busy1, total1) = time.process_time() - cpu0, cpu_times()
+        by_role = cpu_by_role(procs0, process_cpu(), daemon)
+        daemon.stop.set()
+        await task
+    result = await summarize(redis, keys, start, main_cpu, (busy1 - busy0) / (total1 - total0), log_file)
+    result.cpu = by_role
+    await redis.aclose()
+    return result
+
+
+async def wait_done(redis: Any, keys: Keys, pages: int, deadline: float) -> None:
+    """Until every entry is queued, read and acknowledged (written, a duplicate, or dead-lettered)."""
+    while True:
+        groups = await redis.xinfo_groups(keys.entries) if await redis.exists(keys.entries) else []
+        group = groups[0] if groups else {}
+        if (await redis.xlen(keys.entries) == pages and group.get("lag") == 0
+                and group.get("pending") == 0):
+            return
+        if time.time() > deadline:
+            raise SystemExit(f"not done in time: {await redis.xlen(keys.articles)} articles, group {group}")
+        await asyncio.sleep(0.05)
+
+
+async def summarize(redis: Any, keys: Keys, start: float, main_cpu: float, busy: float,
+                    log_file: Path) -> Ingest:
+    written = await redis.xrange(keys.articles)
+    records = [json.loads(fields["data"]) for _, fields in written]
+    first_entry = await redis.xrange(keys.entries, count=1)
+    return Ingest(
+        entries=await redis.xlen(keys.entries), articles=len(records), dead=await redis.xlen(keys.dead),
+        fallbacks=sum(r["extraction"] == "feed" for r in records),
+        clustered=sum(r["cluster_id"] != r["id"] for r in records),
+        matched=sum(bool(r["topics"]) for r in records),
+        cpu={}, start=start, first_entry=stream_time(first_entry[0][0]),
+        first_article=stream_time(written[0][0]), last_article=stream_time(written[-1][0]),
+        main_cpu=main_cpu, busy=busy, log_lines=log_levels(log_file))
+
+
+def log_levels(log_file: Path) -> dict[str, int]:
+    levels: dict[str, int] = {}
+    for line in log_file.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            level = json.loads(line).get("level", "?")
+            levels[level] = levels.get(level, 0) + 1
+    return levels
+
+
+# ---------------------------------------------------------------- ceiling and baseline (this process)
+
+
+def quiet() -> None:
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    trafilatura.bare_extraction(_WARMUP_HTML, with_metadata=True)  # dateparser's one-off warm-up
+
+
+def extraction_times(files: list[Path]) -> list[float]:
+    """Seconds of one bare_extraction (defaults, with metadata) on each page's decoded text."""
+    times = []
+    for f in files:
+        html = decode_html(gzip.decompress(f.read_bytes()), "text/html")
+        started = time.perf_counter()
+        trafilatura.bare_extraction(html, with_metadata=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def naive(feeds: list[str]) -> tuple[float, int]:
+    """feedparser -> httpx -> bare_extraction, one page at a time (one keep-alive client); pages/s."""
+    done = 0
+    started = time.perf_counter()
+    with httpx.Client(timeout=30) as client:
+        for url in feeds:
+            for entry in feedparser.parse(client.get(url).content).entries:
+                trafilatura.bare_extraction(client.get(entry.link).text, with_metadata=True)
+                done += 1
+    return done / (time.perf_counter() - started), done
+
+
+# ---------------------------------------------------------------- main
+
+
+def start_site(files: list[Path], port: int, hosts: int, feeds: int) -> BaseProcess:
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Event()
+    server = spawn.Process(target=serve, args=(files, port, hosts, feeds, ready), daemon=True)
+    server.start()
+    if not ready.wait(60):
+        raise SystemExit("the page server did not start")
+    return server
+
+
+def page_files(limit: int | None) -> list[Path]:
+    if not PAGES.is_dir():
+        raise SystemExit(f"{PAGES} is absent: the benchmark needs ../shared/pages/trafilatura-eval/")
+    manifest = sorted(json.loads((PAGES / "manifest.json").read_text(encoding="utf-8")),
+                      key=lambda m: m["url"])
+    return [PAGES / m["file"] for m in manifest][:limit]
+
+
+def print_profile(profiler: cProfile.Profile) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+    print(out.getvalue())
+
+
+def report(run: Ingest, times: list[float], base: float, base_pages: int, cpus: int, load: str) -> None:
+    median, mean = statistics.median(times), statistics.mean(times)
+    ceiling = cpus / median
+    print(f"pages={run.entries} cpus={cpus} load before: {load}")
+    print(f"entries: {run.entries} = {run.articles} articles written "
+          f"({run.fallbacks} from feed content: page text < min_text_length; {run.clustered} near-dup "
+          f"clustered; {run.matched} matched a topic) + {run.entries - run.articles - run.dead} "
+          f"duplicates + {run.dead} dead-lettered")
+    print(f"timeline: first entry queued {run.first_entry - run.start:.2f} s after start, first article "
+          f"{run.first_article - run.start:.2f} s, last {run.last_article - run.start:.2f} s")
+    print(f"end to end:   {run.end_to_end:6.2f} articles/s  (scheduler start to last article)")
+    print(f"steady state: {run.steady:6.2f} articles/s  (first to last article; excludes pool warm-up)")
+    print(f"ceiling:      {ceiling:6.2f} articles/s  ({cpus} cpus / median bare_extraction "
+          f"{median * 1000:.1f} ms)")
+    print(f"ratio steady/ceiling: {run.steady / ceiling:.3f}   (end-to-end/ceiling "
+          f"{run.end_to_end / ceiling:.3f}; target >= 0.9)")
+    print(f"(mean bare_extraction {mean * 1000:.1f} ms: with every core extracting and nothing else, "
+          f"{cpus / mean:.2f} articles/s at most; steady state is {run.steady * mean / cpus:.3f} of that)")
+    print(f"naive loop:   {base:6.2f} articles/s  ({base_pages} pages, sequential)")
+    print(f"ratio steady/naive: {run.steady / base:.2f}x   (end-to-end/naive {run.end_to_end / base:.2f}x; "
+          f"target >= 1.8x)")
+    print(f"daemon process CPU: {run.main_cpu:.1f} s ({run.main_cpu / run.entries * 1000:.1f} ms per "
+          f"entry); machine busy {run.busy:.0%} of all cores during the ingest")
+    print("CPU seconds during the ingest: " + ", ".join(f"{role} {secs:.1f}" for role, secs in
+                                                        sorted(run.cpu.items(), key=lambda kv: -kv[1])))
+    print(f"daemon log lines by level: {run.log_lines}")
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    args.add_argument("--pages", type=int, default=None, help="how many pages (default: all 990)")
+    args.add_argument("--feeds", type=int, default=15)
+    args.add_argument("--hosts", type=int, default=4)
+    args.add_argument("--limit", type=float, default=900, help="seconds the ingest may take")
+    args.add_argument("--profile", action="store_true", help="cProfile the daemon process")
+    opts = args.parse_args()
+    files = page_files(opts.pages)
+    cpus = os.cpu_count() or 1
+    load = Path("/proc/loadavg").read_text().strip()
+    port = free_port()
+    server = start_site(files, port, opts.hosts, opts.feeds)
+    feeds = [feed_url(port, opts.hosts, k) for k in range(opts.feeds)]
+    profiler = cProfile.Profile() if opts.profile else None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            redis_server = EmbeddedRedis(Path(tmp), persist=False, tcp=True)
+            redis_url = redis_server.start()
+            try:
+                write_config(Path(tmp) / "bench.toml", redis_url, feeds)
+                run = asyncio.run(ingest(Path(tmp) / "bench.toml", redis_url, len(files),
+                                         Path(tmp) / "daemon.log", profiler, opts.limit))
+            finally:
+                redis_server.stop()
+        quiet()
+        times = extraction_times(files)
+        base, base_pages = naive(feeds)
+    finally:
+        server.terminate()
+    report(run, times, base, base_pages, cpus, load)
+    if profiler:
+        print_profile(profiler)
+
+
+if __name__ == "__main__":
+    main()
