@@ -52,7 +52,6 @@ import trafilatura
 from ingester import logs
 from ingester.connection import connect
 from ingester.embedded import EmbeddedRedis, free_port
-from ingester.extract import _QUIET_LOGGERS, _WARMUP_HTML
 from ingester.keys import Keys
 from ingester.safehttp import decode_html
 from workers.daemon import Daemon
@@ -60,6 +59,10 @@ from workers.daemon import Daemon
 REPO = Path(__file__).resolve().parent.parent
 PAGES = REPO.parent / "shared" / "pages" / "trafilatura-eval"
 NAMESPACE = "bench"
+QUIET_LOGGERS = ("trafilatura", "htmldate", "courlan", "charset_normalizer", "dateparser", "justext")
+# A Polish date sends htmldate to dateparser, which compiles its locales' regexes once (seconds).
+WARMUP_HTML = ("<html><body><article><p>Opublikowano: 3 marca 2021</p>"
+               f"<p>{'Some text for the extractor to keep. ' * 12}</p></article></body></html>")
 TOPICS_BEGIN, TOPICS_END = "# --- topics: begin ---", "# --- topics: end ---"
 
 
@@ -140,6 +143,7 @@ class Ingest:
     cpu: dict[str, float]  # CPU seconds during the ingest, by process role
     busy: float  # share of all cores busy machine-wide during the ingest (other users included)
     log_lines: dict[str, int]  # log level -> lines the daemon wrote
+    commands: dict[str, int]  # Redis command -> calls during the whole run
 
     @property
     def end_to_end(self) -> float:
@@ -191,7 +195,9 @@ def process_cpu() -> dict[int, tuple[int, float]]:
 
 
 def pool_pids(pool: Any) -> set[int]:
-    """The worker pids of a pebble pool (its private attributes: a diagnostic only)."""
+    """The worker pids of a pool wrapping a pebble pool (private attributes: a diagnostic only)."""
+    while not hasattr(pool, "_pool_manager") and hasattr(pool, "_pool"):
+        pool = pool._pool
     with contextlib.suppress(AttributeError):
         return set(pool._pool_manager.worker_manager.workers)
     return set()
@@ -204,11 +210,14 @@ def cpu_by_role(before: dict[int, tuple[int, float]], after: dict[int, tuple[int
     while grew:
         kids = {pid for pid, (ppid, _) in after.items() if ppid in ours} - ours
         ours, grew = ours | kids, bool(kids)
-    extractors = pool_pids(daemon.stage.extractor._pool)
-    hashers = pool_pids(daemon.stage.hasher._pool)
+    stage = getattr(daemon, "stage", None)
+    extractors = pool_pids(getattr(stage, "extractor", None))
+    hashers = pool_pids(getattr(stage, "hasher", None))
     roles: dict[str, float] = {}
     for pid in ours:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}/comm").exists() else ""
+        comm = ""
+        with contextlib.suppress(OSError):
+            comm = Path(f"/proc/{pid}/comm").read_text()
         role = ("daemon (main process)" if pid == os.getpid() else "extraction workers" if pid in extractors
                 else "feed parse + minhash worker" if pid in hashers else "redis-server" if "redis" in comm
                 else "page server (bench) + forkserver")
@@ -235,6 +244,7 @@ async def _ingest(config: Path, redis_url: str, pages: int, log_file: Path,
     keys = Keys(NAMESPACE)
     redis = connect(redis_url)
     await redis.flushdb()
+    await redis.config_resetstat()
     task = asyncio.create_task(daemon.run())
     await asyncio.wait_for(daemon.ready.wait(), 60)
     start, cpu0, (busy0, total0) = time.time(), time.process_time(), cpu_times()
@@ -281,7 +291,12 @@ async def summarize(redis: Any, keys: Keys, start: float, main_cpu: float, busy:
         matched=sum(bool(r["topics"]) for r in records),
         cpu={}, start=start, first_entry=stream_time(first_entry[0][0]),
         first_article=stream_time(written[0][0]), last_article=stream_time(written[-1][0]),
-        main_cpu=main_cpu, busy=busy, log_lines=log_levels(log_file))
+        main_cpu=main_cpu, busy=busy, log_lines=log_levels(log_file), commands=await command_calls(redis))
+
+
+async def command_calls(redis: Any) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
 def log_levels(log_file: Path) -> dict[str, int]:
@@ -297,9 +312,9 @@ def log_levels(log_file: Path) -> dict[str, int]:
 
 
 def quiet() -> None:
-    for name in _QUIET_LOGGERS:
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    trafilatura.bare_extraction(_WARMUP_HTML, with_metadata=True)  # dateparser's one-off warm-up
+    trafilatura.bare_extraction(WARMUP_HTML, with_metadata=True)
 
 
 def extraction_times(files: list[Path]) -> list[float]:
@@ -379,6 +394,9 @@ def report(run: Ingest, times: list[float], base: float, base_pages: int, cpus: 
           f"entry); machine busy {run.busy:.0%} of all cores during the ingest")
     print("CPU seconds during the ingest: " + ", ".join(f"{role} {secs:.1f}" for role, secs in
                                                         sorted(run.cpu.items(), key=lambda kv: -kv[1])))
+    top = sorted(run.commands.items(), key=lambda kv: -kv[1])[:8]
+    print(f"redis commands per entry: {sum(run.commands.values()) / run.entries:.1f} ("
+          + ", ".join(f"{name} {calls / run.entries:.1f}" for name, calls in top) + ")")
     print(f"daemon log lines by level: {run.log_lines}")
 
 
@@ -396,7 +414,7 @@ def main() -> None:
     port = free_port()
     server = start_site(files, port, opts.hosts, opts.feeds)
     feeds = [feed_url(port, opts.hosts, k) for k in range(opts.feeds)]
-    profiler = cProfile.Profile() if opts.profile else None
+    profiler = cProfile.Profile(time.process_time) if opts.profile else None  # CPU, not waits
     try:
         with tempfile.TemporaryDirectory() as tmp:
             redis_server = EmbeddedRedis(Path(tmp), persist=False, tcp=True)

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
     command("run", _run, "run the daemon in the foreground until SIGTERM/SIGINT")
     command("check", _check, "validate the config and reach Redis")
+    stats = command("stats", _stats, "per-feed health and per-topic counts, from Redis")
+    stats.add_argument("--limit", type=int, help="show only the first N feeds (failing feeds come first)")
     demo = command("demo", _demo, "run the whole pipeline offline on a bundled local feed", config=False)
     demo.add_argument("--seconds", type=float, default=60, help="give up after this long")
 
@@ -136,14 +138,40 @@ def _feeds_import(args: argparse.Namespace) -> int:
     from ingester.keys import Keys
     from ingester.opml import read_opml
     from ingester.schedule import FeedSource, Schedule
+    from ingester.stats import progress
 
     config = load(args.config)
     feeds = [FeedSource(f.url, None, f.title, f.category) for f in read_opml(args.file.read_bytes())]
 
     async def work(redis: Any) -> int:
         schedule = Schedule(redis, Keys(config.redis.namespace), lease=60)
-        added = await schedule.add(feeds, origin="import")
+        added = 0
+        with progress(transient=True) as bar:
+            task = bar.add_task(f"importing {args.file.name}", total=len(feeds))
+            for start in range(0, len(feeds), 500):  # one pipeline per 500 feeds
+                chunk = feeds[start:start + 500]
+                added += await schedule.add(chunk, origin="import")
+                bar.advance(task, len(chunk))
         print(f"{added} new feeds of {len(feeds)} in {args.file}")
+        return 0
+
+    return _with_redis(config, work)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ingester import stats
+    from ingester.keys import Keys
+
+    config = load(args.config)
+    keys = Keys(config.redis.namespace)
+
+    async def work(redis: Any) -> int:
+        feeds = await stats.feed_stats(redis, keys)
+        topics = await stats.topic_stats(redis, keys, [t.name for t in config.topics])
+        streams = await stats.pipeline_stats(redis, keys)
+        Console().print(stats.render(feeds, topics, streams=streams, limit=args.limit))
         return 0
 
     return _with_redis(config, work)

@@ -129,6 +129,9 @@ default_interval = "1h"
 allow_private = ["127.0.0.0/8", "::1/128"]
 host_min_gap = 0
 
+[server]
+port = 0  # no health endpoint for the demo
+
 [[feeds]]
 url = "{a}/feed.xml"
 

@@ -55,8 +55,9 @@ class FeedStat:
         return self.title or urlsplit(self.url).hostname or self.url
 
     @property
-    def items_per_day(self) -> float:
-        return self.rate * DAY
+    def items_per_day(self) -> float | None:
+        """None until a poll succeeded: before that the rate is only the poller's starting guess."""
+        return self.rate * DAY if self.last_success is not None else None
 
     @property
     def not_modified_ratio(self) -> float | None:
@@ -191,15 +192,18 @@ def _feed_row(feed: FeedStat, now: float) -> list[RenderableType]:
         ago(feed.last_success, now),
         error,
         duration(feed.interval) if feed.interval is not None else "-",
-        f"{feed.items_per_day:.1f}",
+        f"{feed.items_per_day:.1f}" if feed.items_per_day is not None else "-",
         f"{ratio:.0%}" if ratio is not None else "-",
         Text(str(feed.failures), style="red" if feed.failing else "dim"),
     ]
 
 
-def feed_table(feeds: list[FeedStat], now: float) -> Table:
+def feed_table(feeds: list[FeedStat], now: float, limit: int | None = None) -> Table:
     failing = sum(f.failing for f in feeds)
-    table = Table(title=f"Feeds: {len(feeds)}, failing: {failing}", title_justify="left")
+    shown = feeds if limit is None else feeds[:limit]
+    caption = f"{len(feeds) - len(shown)} more feeds not shown" if len(shown) < len(feeds) else None
+    table = Table(title=f"Feeds: {len(feeds)}, failing: {failing}", title_justify="left",
+                  caption=caption, caption_justify="left")
     table.add_column("Feed", overflow="fold", max_width=48)
     table.add_column("Last success")
     table.add_column("Last error", overflow="fold", max_width=56)
@@ -207,7 +211,7 @@ def feed_table(feeds: list[FeedStat], now: float) -> Table:
     table.add_column("Items/day", justify="right")
     table.add_column("304 ratio", justify="right")
     table.add_column("Failures", justify="right")
-    for feed in feeds:
+    for feed in shown:
         table.add_row(*_feed_row(feed, now))
     return table
 
@@ -232,10 +236,12 @@ def topic_table(topics: list[TopicStat], title: str = "Topics") -> Table:
 
 
 def render(feeds: list[FeedStat], topics: list[TopicStat], *, streams: list[TopicStat] | None = None,
-           now: float | None = None) -> RenderableType:
-    """The health tables, failing feeds first; `streams` (pipeline_stats) adds the internal streams."""
+           limit: int | None = None, now: float | None = None) -> RenderableType:
+    """The health tables, failing feeds first (only the first `limit` feeds when given);
+    `streams` (pipeline_stats) adds the internal streams."""
     now = time.time() if now is None else now
-    tables: list[RenderableType] = [feed_table(sorted(feeds, key=sort_key), now), topic_table(topics)]
+    tables: list[RenderableType] = [feed_table(sorted(feeds, key=sort_key), now, limit),
+                                    topic_table(topics)]
     if streams is not None:
         tables.append(topic_table(streams, "Streams"))
     return Group(*tables)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -49,15 +50,22 @@ def keys(namespace: str) -> Keys:
     return Keys(namespace)
 
 
-@pytest.fixture
-async def redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
+@asynccontextmanager
+async def namespaced_client(url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on `url` that deletes the test's `namespace` keys when done."""
+    client = connect(url)
     try:
         yield client
     finally:
         async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
             await client.delete(key)
         await client.aclose()
+
+
+@pytest.fixture
+async def redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    async with namespaced_client(redis_url, namespace) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

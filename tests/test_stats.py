@@ -66,6 +66,7 @@ async def test_feed_stats_from_real_polls(poller: Poller, httpserver: HTTPServer
     assert failing.url == gone and failing.failures == 2 and failing.last_success is None
     assert failing.last_error.startswith("http_404") and failing.last_error_at is not None
     assert failing.name == "127.0.0.1"  # no title: the host
+    assert failing.items_per_day is None  # never fetched: no rate to speak of
     assert healthy.name == "Good news" and healthy.failures == 0 and not healthy.failing
     assert healthy.polls == 4 and healthy.not_modified == 3 and healthy.not_modified_ratio == 0.75
     assert healthy.new_items == 3 and healthy.last_status == "304"
@@ -140,6 +141,8 @@ def test_render_puts_failing_feeds_first() -> None:
     assert "timeout: no response" in text and "(1.0m ago)" in text
     assert "10.0" in text and "40%" in text  # items/day and the 304 ratio
     assert "ceasefire" in text and "42" in text and "notify" in text
+    short = text_of(stats.render(feeds, topics, limit=1, now=now))
+    assert "broken.example" in short and "Fine Feed" not in short and "1 more feeds not shown" in short
 
 
 def test_duration_and_ago() -> None:

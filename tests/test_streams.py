@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import namespaced_client
 from redis.exceptions import ResponseError
 
-from ingester.connection import connect
 from ingester.embedded import SERVER_ENV, EmbeddedRedis
 from ingester.keys import Keys
 from ingester.streams import Consumer, Message, ensure_group, trim
@@ -46,13 +46,8 @@ def server_url(request: pytest.FixtureRequest, redis_url: str) -> str:
 
 @pytest.fixture
 async def r(server_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(server_url)
-    try:
+    async with namespaced_client(server_url, namespace) as client:
         yield client
-    finally:
-        async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-            await client.delete(key)
-        await client.aclose()
 
 
 def consumer(r: aioredis.Redis, keys: Keys, name: str, **options: object) -> Consumer:

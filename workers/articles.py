@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 import structlog
@@ -20,8 +21,10 @@ class ArticleWorker:
     """At most `concurrency` entries in flight. An entry is acknowledged only with its article
     (see ingester.publish); one that fails stays pending and is retried, then dead-lettered."""
 
-    def __init__(self, stage: ArticleStage, consumer: Consumer, concurrency: int) -> None:
+    def __init__(self, stage: ArticleStage, consumer: Consumer, concurrency: int, *,
+                 on_progress: Callable[[], None] = lambda: None) -> None:
         self.stage = stage
+        self.on_progress = on_progress  # the systemd watchdog: this loop is still turning
         self.consumer = consumer
         self.concurrency = concurrency
         self.tasks: set[asyncio.Task[None]] = set()
@@ -39,6 +42,8 @@ class ArticleWorker:
                 log.warning("reading entries failed", error=repr(exc))
                 await asyncio.sleep(1)
                 continue
+            finally:
+                self.on_progress()
             for msg in messages:
                 await self._room.acquire()
                 task = asyncio.create_task(self._handle(msg))

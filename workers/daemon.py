@@ -15,12 +15,14 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ingester import config as config_mod
+from ingester import systemd
 from ingester.alerts import Alerter
 from ingester.articles import ArticleStage
 from ingester.config import Config
 from ingester.connection import connect, safe_url
 from ingester.embedded import EmbeddedRedis, EmbeddedRedisBusy, default_data_dir
 from ingester.extract import Extractor
+from ingester.health import HealthServer
 from ingester.keys import Keys
 from ingester.neardup import NearDupIndex
 from ingester.opml import read_opml
@@ -31,6 +33,7 @@ from ingester.publish import Publisher
 from ingester.safehttp import SafeClient
 from ingester.schedule import FeedSource, Schedule
 from ingester.streams import Consumer
+from ingester.systemd import Watchdog
 from ingester.topics import TopicSet
 from workers.articles import GROUP as ARTICLES_GROUP
 from workers.articles import ArticleWorker
@@ -38,6 +41,8 @@ from workers.maintenance import Maintenance
 from workers.poller import TICK_SECONDS, PollWorker
 
 log = structlog.get_logger("ingester.daemon")
+
+HEALTH_STALE_AFTER = 30.0  # /healthz fails when the scheduler has not ticked (every 0.5 s) for this long
 
 
 def feed_sources(config: Config) -> list[FeedSource]:
@@ -115,7 +120,8 @@ class Daemon:
         consumer = Consumer(redis, [keys.entries], ARTICLES_GROUP, self.name, dead_stream=keys.dead,
                             stage="articles", reclaim_idle=config.articles.reclaim_idle,
                             max_attempts=config.articles.max_attempts)
-        articles = ArticleWorker(stage, consumer, config.articles.concurrency)
+        watchdog = Watchdog()  # inert unless systemd set WATCHDOG_USEC for this process
+        articles = ArticleWorker(stage, consumer, config.articles.concurrency, on_progress=watchdog.progress)
         polls = PollWorker(Poller(redis, keys, config, client, parser, schedule, gate), schedule,
                            config.polling.concurrency)
         maintenance = Maintenance(redis, keys, config)
@@ -125,9 +131,20 @@ class Daemon:
                  total=len(await schedule.feeds()))
         await consumer.setup()
 
+        health = (HealthServer(redis, config.server.host, config.server.port, stale_after=HEALTH_STALE_AFTER)
+                  if config.server.port else None)  # port = 0: no health server
+        if health:
+            await health.start()  # before anything needs stopping: a port in use fails cleanly here
+
+        async def tick() -> None:
+            await polls.tick()  # bounded (TICK_BUDGET) and never raises
+            if health:
+                health.tick()
+            watchdog.progress()
+
         scheduler = AsyncIOScheduler()
         job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        scheduler.add_job(polls.tick, "interval", seconds=TICK_SECONDS, **job)
+        scheduler.add_job(tick, "interval", seconds=TICK_SECONDS, **job)
         scheduler.add_job(maintenance.run, "interval", seconds=60, **job)
         scheduler.start()
         article_task = asyncio.create_task(articles.run(self.stop))
@@ -138,12 +155,16 @@ class Daemon:
                                          .run(self.stop))
         self._install_signals()
         self.ready.set()
+        systemd.ready(f"{len(await schedule.feeds())} feeds, {len(config.topics)} topics")
+        watchdog_task = asyncio.create_task(watchdog.run())  # systemd arms its timer at READY=1
         log.info("ingester running", feeds=len(await schedule.feeds()), topics=len(config.topics),
                  consumer=self.name)
         try:
             await self.stop.wait()
         finally:
             log.info("stopping", grace=config.server.shutdown_grace)
+            systemd.stopping()
+            watchdog_task.cancel()
             scheduler.shutdown(wait=False)
             await self._drain(polls, articles, article_task, config.server.shutdown_grace)
             await asyncio.wait([alert_task], timeout=config.server.shutdown_grace)
@@ -152,6 +173,8 @@ class Daemon:
             await asyncio.gather(client.aclose(), alert_client.aclose())
             extractor.close()
             parser.close()
+            if health:  # last: probes keep an answer while the work drains
+                await health.stop()
             log.info("stopped")
 
     @staticmethod
@@ -170,14 +193,17 @@ class Daemon:
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config; new feeds and topics apply, a broken config changes nothing."""
+        systemd.reloading()
         try:
             config = config_mod.load(self.config_path)
             topics = TopicSet(config.topics)
             added, removed = await self.schedule.sync(feed_sources(config))
         except Exception as exc:
             log.error("reload failed; keeping the running config", error=str(exc))
+            systemd.ready("reload failed; running the previous config")
             return
         self.stage.topics = topics
+        systemd.ready(f"reloaded: {len(config.topics)} topics")
         log.info("reloaded", feeds_added=added, feeds_removed=removed, topics=len(config.topics))
 
 
