@@ -9,12 +9,14 @@ the topics of deploy/example.toml) polls the feeds, queues the entries, fetches 
 its Extractor pool (os.cpu_count() workers), dedups, clusters, matches topics and writes the articles to a
 redis-server of its own. Prints, in one run:
 
-1. articles/s end to end (first poll to last article), and steady state (first to last article, which
-   leaves out the extraction pool's start-up and warm-up);
+1. articles/s end to end (scheduler start, the first poll tick, to last article), and steady state (first
+   to last article, which leaves out the pools' start-up and warm-up); the ratios use steady state;
 2. the ceiling = os.cpu_count() / median single-core time of trafilatura.bare_extraction(html,
-   with_metadata=True) on the same pages' decoded text, and the ratio steady-state / ceiling;
+   with_metadata=True) on the same pages' decoded text, and the ratio; also the bound the mean time gives
+   (the pages' times are skewed: mean ~1.5 x median);
 3. a naive sequential loop in this process (feedparser -> httpx -> bare_extraction, one page at a time),
-   and the ratio to it.
+   and the ratio to it;
+and where the CPU went during the ingest (by process role) and the Redis commands per entry.
 
 --profile runs cProfile on the daemon's (main) process during the ingest and prints its top costs; it
 slows that process, so the rates of a profiled run are not the benchmark's figures.
@@ -358,7 +360,9 @@ def page_files(limit: int | None) -> list[Path]:
         raise SystemExit(f"{PAGES} is absent: the benchmark needs ../shared/pages/trafilatura-eval/")
     manifest = sorted(json.loads((PAGES / "manifest.json").read_text(encoding="utf-8")),
                       key=lambda m: m["url"])
-    return [PAGES / m["file"] for m in manifest][:limit]
+    if limit:  # an even sample across the sites, not the first few alphabetically
+        manifest = manifest[::max(1, len(manifest) // limit)][:limit]
+    return [PAGES / m["file"] for m in manifest]
 
 
 def print_profile(profiler: cProfile.Profile) -> None:

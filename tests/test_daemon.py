@@ -20,7 +20,9 @@ from ingester.embedded import EmbeddedRedis
 from ingester.keys import Keys
 
 STORY = ("<html lang='en'><head><title>Story {n}</title></head><body><article><h1>Story {n}</h1>"
-         + "<p>Paragraph {n} of a story long enough to be kept by the extractor, with some words.</p>" * 6
+         + "".join(f"<p>Paragraph {i} of story {{n}}, long enough to be kept by the extractor, with "
+                   f"words of its own: {' '.join(['alpha', 'beta', 'gamma', 'delta'][:i + 1])}.</p>"
+                   for i in range(4))
          + "</article></body></html>")
 
 
@@ -68,7 +70,7 @@ async def feeds() -> AsyncIterator[FeedServer]:
 
 
 def write_config(path: Path, feeds: FeedServer, count: int, *, namespace: str,
-                 data_dir: Path | None = None) -> Path:
+                 data_dir: Path | None = None, extra: str = "") -> Path:
     lines = [
         "[redis]", f'namespace = "{namespace}"',
         *([f'data_dir = "{data_dir}"'] if data_dir else []),
@@ -80,7 +82,7 @@ def write_config(path: Path, feeds: FeedServer, count: int, *, namespace: str,
     ]
     for i in range(count):
         lines += ["[[feeds]]", f'url = "http://127.0.0.1:{feeds.port}/feed/{i}"', 'interval = "1s"']
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 
@@ -143,6 +145,32 @@ async def test_two_daemons_never_poll_a_feed_at_once_and_take_over_a_killed_ones
             if process.poll() is None:
                 await stop(process)
     assert second.returncode == 0
+
+
+async def test_sighup_adds_feeds_and_topics_without_rematching_old_articles(  # type: ignore[no-untyped-def]
+        feeds, tmp_path, redis_url, namespace, redis):
+    keys = Keys(namespace)
+    config = write_config(tmp_path / "c.toml", feeds, 1, namespace=namespace)
+    daemon = start(config, {"INGESTER_REDIS_URL": redis_url})
+    try:
+        await wait_for(lambda: _has(redis, keys.articles, 1), 60)
+        write_config(config, feeds, 2, namespace=namespace,
+                     extra='[[topics]]\nname = "stories"\nquery = "paragraph"\n')
+        daemon.send_signal(signal.SIGHUP)
+        await wait_for(lambda: _has(redis, keys.articles, 2), 60)
+        await wait_for(lambda: _has(redis, keys.topic("stories"), 1), 10)
+        [(_, fields)] = await redis.xrange(keys.topic("stories"))
+        assert "Story 1" in fields["data"]  # the new feed's story; story 0 is not matched again
+        write_config(config, feeds, 2, namespace=namespace, extra='[[topics]]\nname = "x"\nquery = "(("\n')
+        daemon.send_signal(signal.SIGHUP)  # a broken config is refused; the daemon keeps running
+        await asyncio.sleep(1)
+        assert daemon.poll() is None
+    finally:
+        assert await stop(daemon) == 0
+
+
+async def _has(redis, stream: str, count: int) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await redis.xlen(stream) >= count)
 
 
 async def test_a_killed_daemon_takes_its_embedded_redis_with_it(feeds, tmp_path):  # type: ignore[no-untyped-def]
