@@ -40,7 +40,8 @@ def test_feeds_import_then_export_round_trips(config: Path, tmp_path: Path, redi
     assert "0 new feeds" in again.stdout
     exported = ingester("feeds", "export", "--config", str(config), env=env)
     assert exported.returncode == 0, exported.stderr
-    assert sorted(read_opml(exported.stdout.encode()), key=lambda f: f.url) == sorted(feeds, key=lambda f: f.url)
+    by_url = lambda f: f.url  # noqa: E731
+    assert sorted(read_opml(exported.stdout.encode()), key=by_url) == sorted(feeds, key=by_url)
 
 
 def test_match_a_query_on_a_file_and_on_stdin(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Every kind of Redis URL the config accepts reaches a real server: redis://, unix://, rediss://, Sentinel."""
+"""Every kind of Redis URL the config accepts reaches a real server: redis, unix, rediss, Sentinel."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
                 return process
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError((process.stderr.read() if process.stderr else b"").decode())
+                raise RuntimeError((process.stderr.read() if process.stderr else b"").decode()) from None
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("server did not start")
