@@ -14,9 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingester.keys import Keys
 from ingester.record import Article
+
+if TYPE_CHECKING:
+    from workers.daemon import Daemon
 
 TALKS = [
     "Negotiators from both sides met for a third day on Tuesday as diplomats pressed for a ceasefire "
@@ -147,10 +151,7 @@ query = '(ceasefire OR "cease-fire" OR truce OR armistice OR "peace talks")'
 EXPECTED_ARTICLES = 4
 
 
-async def _watch(daemon: object, keys: Keys, seconds: float) -> list[Article]:
-    from workers.daemon import Daemon
-
-    assert isinstance(daemon, Daemon)
+async def _watch(daemon: Daemon, keys: Keys, seconds: float) -> list[Article]:
     runner = asyncio.create_task(daemon.run())
     articles: list[Article] = []
     try:

@@ -56,7 +56,6 @@ class Schedule:
 
     async def add(self, feeds: Iterable[FeedSource], *, origin: str) -> int:
         """Register feeds (new ones are due at once); returns how many were new."""
-        added = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for feed in feeds:
                 fid = feed_id(feed.url)
@@ -69,8 +68,7 @@ class Schedule:
                 pipe.hset(self.keys.feed(fid), mapping=fields)
                 pipe.zadd(self.keys.schedule, {fid: 0}, nx=True)
             results = await pipe.execute()
-        added = sum(1 for r in results[0::3] if r)
-        return added
+        return sum(1 for r in results[0::3] if r)
 
     async def sync(self, feeds: Iterable[FeedSource], *, origin: str = "config") -> tuple[int, int]:
         """Make the feeds of `origin` exactly `feeds` (config reload); feeds imported by hand stay."""
