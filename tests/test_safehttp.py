@@ -210,11 +210,13 @@ async def test_guard_refusal_counts_and_logs(serve) -> None:
 
 
 @pytest.mark.parametrize("address", [
-    "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+    "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",  # private: refused
+    "100.64.0.1",
     "100.127.255.254", "224.0.0.1", "239.255.255.250", "0.0.0.0", "0.1.2.3", "255.255.255.255",
     "198.18.0.1", "240.0.0.1", "127.0.0.1", "::", "::1", "fe80::1", "fc00::1", "fd12:3456::1",
     "fec0::1", "ff02::1", "2002:7f00:1::", "2002:a00:1::", "64:ff9b::a00:1", "64:ff9b:1::a00:1",
-    "::ffff:10.0.0.1", "::ffff:0:a00:1", "::127.0.0.1", "2001::1", "2001:db8::1",
+    "::ffff:10.0.0.1", "::ffff:0:a00:1",  # private in IPv6 forms: refused
+    "::127.0.0.1", "2001::1", "2001:db8::1",
 ])
 def test_refusal_of_private_address(address: str) -> None:
     assert refusal(ipaddress.ip_address(address)) is not None
@@ -232,13 +234,13 @@ def test_refusal_reasons_name_the_kind() -> None:
 
     assert "CGNAT" in why("100.64.0.1")
     assert "multicast" in why("224.0.0.1")
-    assert "link-local" in why("169.254.169.254")
+    assert "link-local" in why("169.254.169.254")  # refusal reason only: nothing connects
     assert "loopback" in why("::ffff:127.0.0.1") and "embedded" in why("::ffff:127.0.0.1")
     assert "private" in why("64:ff9b::a00:1")
 
 
 def test_refusal_allow_private_applies_to_embedded_forms() -> None:
-    allow = [ipaddress.ip_network("10.0.0.0/8")]
+    allow = [ipaddress.ip_network("10.0.0.0/8")]  # allow_private, checked without connecting
     assert refusal(ipaddress.ip_address("10.9.8.7"), allow) is None
     assert refusal(ipaddress.ip_address("::ffff:10.9.8.7"), allow) is None
     assert refusal(ipaddress.ip_address("192.168.0.1"), allow) is not None
