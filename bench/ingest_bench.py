@@ -51,6 +51,7 @@ import feedparser
 import httpx
 import trafilatura
 
+from bench.loopback import run_app
 from ingester import logs
 from ingester.connection import connect
 from ingester.embedded import EmbeddedRedis, free_port
@@ -112,18 +113,10 @@ def serve(files: list[Path], port: int, hosts: int, feeds: int,
         return web.Response(body=channels[int(request.match_info["k"])],
                             headers={"Content-Type": "application/rss+xml", "ETag": '"v1"'})
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/page/{n}", page)
-        app.router.add_get("/feed/{k}", feed)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        for h in range(1, hosts + 1):
-            await web.TCPSite(runner, f"127.0.0.{h}", port, backlog=1024).start()
-        ready.set()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/page/{n}", page)
+    app.router.add_get("/feed/{k}", feed)
+    run_app(app, port, hosts, ready)
 
 
 # ---------------------------------------------------------------- the daemon run

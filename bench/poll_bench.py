@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bench.loopback import run_app
 from ingester import metrics
 from ingester.config import from_dict
 from ingester.connection import connect
@@ -53,17 +54,9 @@ def serve(port: int, hosts: int, ready: multiprocessing.synchronize.Event) -> No
         body = FEED % int(request.match_info["n"])
         return web.Response(body=body, content_type="application/rss+xml", headers={"ETag": '"v1"'})
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/feed/{n}", feed)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        for h in range(1, hosts + 1):
-            await web.TCPSite(runner, f"127.0.0.{h}", port, backlog=1024).start()
-        ready.set()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/feed/{n}", feed)
+    run_app(app, port, hosts, ready)
 
 
 def feed_urls(port: int, feeds: int, hosts: int) -> list[str]:

@@ -73,8 +73,9 @@ class Keys:
     def lsh(self, band: int, bucket: str) -> str:
         return self.key("lsh", str(band), bucket)
 
-    def signature(self, article_id: str) -> str:
-        return self.key("sig", article_id)
+    def signature(self, handle: str) -> str:
+        """Near-dup signature + cluster id, by `neardup.handle(article_id).hex()`."""
+        return self.key("sig", handle)
 
     # Alerts: one per (notifier, topic, story cluster).
     def alerted(self, notifier: str, topic: str, cluster_id: str) -> str:
