@@ -29,6 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from ingester import logs, metrics, slack, webhook
 from ingester.config import Config, NotifierConfig
@@ -430,6 +431,10 @@ class Alerter:
         self._grace = grace
 
     async def run(self, stop: asyncio.Event) -> None:
+        with bound_contextvars(stage=STAGE):  # the tasks started here inherit it
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         if not self.topics:
             await stop.wait()
             return
@@ -500,15 +505,17 @@ class Alerter:
                 self._idle.set()
 
     async def _worker(self, notifier: NotifierConfig) -> None:
+        self._bind_notifier(notifier.name)
         queue = self._queues[notifier.name]
         loop = asyncio.get_running_loop()
         while True:
             job = await queue.get()
             try:
-                if notifier.digest > 0:
-                    outcome = await self._collect(notifier.name, job)
-                else:
-                    outcome = await self._alert(notifier.name, job)
+                with bound_contextvars(topic=job.topic):
+                    if notifier.digest > 0:
+                        outcome = await self._collect(notifier.name, job)
+                    else:
+                        outcome = await self._alert(notifier.name, job)
             except Exception:  # e.g. Redis away for longer than its retries: keep the job, try later
                 log.exception("alert failed, will retry", notifier=notifier.name, topic=job.topic)
                 outcome = "busy"
@@ -548,15 +555,21 @@ class Alerter:
                                         justid=True)
 
     async def _flusher(self, notifier: NotifierConfig) -> None:
+        self._bind_notifier(notifier.name)
         period = notifier.digest
         topics = [t.name for t in self.topics.values() if notifier.name in t.notify]
         while True:
             await asyncio.sleep(period - time.time() % period)  # periods aligned on the clock
             for topic in topics:
                 try:
-                    await self.flush_digest(notifier.name, topic)
+                    with bound_contextvars(topic=topic):
+                        await self.flush_digest(notifier.name, topic)
                 except Exception:  # a Redis blip must not end the flusher: the digest stays stored
                     log.exception("digest flush failed", notifier=notifier.name, topic=topic)
+
+    def _bind_notifier(self, name: str) -> None:
+        """Called first in a notifier's own task: its lines name the notifier and its host, not its URL."""
+        bind_contextvars(notifier=name, host=self.notifiers.senders[name].host)
 
     async def flush_digest(self, notifier: str, topic: str) -> int:
         """Send the stories collected for (notifier, topic); one daemon per period does it."""

@@ -80,7 +80,8 @@ class ArticleStage:
     async def _extract(self, response: Response) -> Extracted | None:
         started = time.monotonic()
         try:
-            extracted = await self.extractor.extract(response.text(), response.url)
+            extracted = await self.extractor.extract(response.content, response.url,
+                                                     response.headers.get("content-type", ""))
         except ExtractError as exc:
             metrics.EXTRACT_FAILURES.labels(reason=type(exc).__name__).inc()
             log.warning("extraction failed", url=response.url, reason=str(exc))
@@ -91,12 +92,11 @@ class ArticleStage:
     async def _article(self, entry: Entry, page: Page) -> tuple[Article, bytes | None]:
         """The record (its cluster is chosen when it is published) and its near-dup signature."""
         ex = page.extracted
-        feed_text = html_to_text(entry.content or entry.summary)
         use_page = ex is not None and len(ex.text) >= self.config.articles.min_text_length
-        text = ex.text if use_page and ex else feed_text
+        text = ex.text if use_page and ex else html_to_text(entry.content or entry.summary)
         canonical = canonical_url(entry.link, page.final_url, ex.canonical if ex else None)
         aid = article_id(canonical)
-        sig = await self.hasher.run(signature, text) if text else None
+        sig = await self._fingerprint(text, ex if use_page else None)
         title = (ex.title if ex and ex.title else "") or entry.title
         language = ex.language if ex else None
         scores = self.topics.match(Doc(title=title, text=text, language=language))
@@ -110,6 +110,12 @@ class ArticleStage:
             cluster_id=aid, topics=sorted(scores), scores={t: round(s, 4) for t, s in scores.items()},
         )
         return article, sig
+
+    async def _fingerprint(self, text: str, page: Extracted | None) -> bytes | None:
+        """A page's fingerprint comes with its extraction; feed text is fingerprinted in the pool."""
+        if page is not None:
+            return page.signature
+        return await self.hasher.run(signature, text) if text else None
 
 
 def _is_html(response: Response) -> bool:

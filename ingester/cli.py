@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=_feeds_import)
     exp = feeds_sub.add_parser("export", help="print every feed as OPML")
     exp.set_defaults(handler=_feeds_export)
+    now = feeds_sub.add_parser("poll-now", help="make the listed feeds (default: all) due at once")
+    now.add_argument("urls", nargs="*", metavar="URL", help="feed URLs as configured or imported")
+    now.set_defaults(handler=_feeds_poll_now)
 
     dlq = sub.add_parser("dlq", help="show or resend what was parked in <namespace>:dead")
     dlq_sub = dlq.add_subparsers(required=True, metavar="ACTION")
@@ -63,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_replay = dlq_sub.add_parser("replay", help="resend parked alerts, re-queue parked entries")
     dlq_replay.add_argument("ids", nargs="*", help="dead-stream entry ids (default: all)")
     dlq_replay.set_defaults(handler=_dlq_replay)
-    for p in (imp, exp, dlq_list, dlq_replay):
+    for p in (imp, exp, now, dlq_list, dlq_replay):
         p.add_argument("--config", "-c", required=True, type=Path)
 
     match = sub.add_parser("match", help="test a topic or a query against an article",
@@ -158,6 +161,33 @@ def _feeds_import(args: argparse.Namespace) -> int:
     return _with_redis(config, work)
 
 
+def _feeds_poll_now(args: argparse.Namespace) -> int:
+    """A running daemon polls them at its next tick (a feed being polled right now may be polled twice)."""
+    from ingester.keys import Keys
+    from ingester.schedule import Schedule, feed_id
+    from ingester.stats import progress
+
+    config = load(args.config)
+
+    async def work(redis: Any) -> int:
+        schedule = Schedule(redis, Keys(config.redis.namespace), lease=60)
+        known = await schedule.feeds()
+        wanted = {feed_id(url): url for url in args.urls} if args.urls else known
+        unknown = [url for fid, url in wanted.items() if fid not in known]
+        for url in unknown:
+            print(f"not a known feed: {url}", file=sys.stderr)
+        due = [fid for fid in wanted if fid in known]
+        with progress(transient=True) as bar:
+            task = bar.add_task("rescheduling", total=len(due))
+            for fid in due:
+                await schedule.reschedule(fid, 0)
+                bar.advance(task)
+        print(f"{len(due)} feeds due now")
+        return 1 if unknown else 0
+
+    return _with_redis(config, work)
+
+
 def _stats(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -227,13 +257,18 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     from ingester.dlq import replay
     from ingester.keys import Keys
     from ingester.safehttp import SafeClient
+    from ingester.stats import progress
 
     config = load(args.config)
+    keys = Keys(config.redis.namespace)
 
     async def work(redis: Any) -> int:
+        total = len(args.ids) if args.ids else await redis.xlen(keys.dead)
         async with SafeClient(config.network) as client:
-            replayed, failed = await replay(redis, Keys(config.redis.namespace), config, client,
-                                            args.ids or None)
+            with progress(transient=True) as bar:  # drawn only on a terminal; the counts always print
+                task = bar.add_task("replaying", total=total)
+                replayed, failed = await replay(redis, keys, config, client, args.ids or None,
+                                                on_item=lambda: bar.advance(task))
         print(f"replayed {replayed}, failed {failed}")
         return 1 if failed else 0
 

@@ -10,12 +10,13 @@ A replayed entry is removed from the dead stream; one that fails again stays, un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from ingester.alerts import Notifiers
 from ingester.config import Config
@@ -25,6 +26,7 @@ from ingester.safehttp import SafeClient
 
 log = structlog.get_logger("ingester.dlq")
 
+STAGE = "dlq"  # the `stage` of this module's log lines
 # Fields Consumer.dead_letter adds around the original entry's own fields.
 CONSUMER_META = frozenset({"stage", "stream", "id", "reason", "at"})
 _PAGE = 100
@@ -77,40 +79,47 @@ async def _entries(redis: aioredis.Redis, keys: Keys,
 
 
 async def replay(redis: aioredis.Redis, keys: Keys, config: Config, client: SafeClient,
-                 ids: Sequence[str] | None = None, *, attempts: int = 3,
-                 backoff: float = 1.0) -> tuple[int, int]:
+                 ids: Sequence[str] | None = None, *, attempts: int = 3, backoff: float = 1.0,
+                 on_item: Callable[[], None] | None = None) -> tuple[int, int]:
     """Resend parked alerts and re-queue other dead entries; returns (replayed, failed).
 
     `ids` limits the replay to those dead-stream entries (all of them when None). A send is tried
     `attempts` times (429 waits count as attempts) before the item is left where it is.
+    `on_item` is called after each item, replayed or not (a progress bar).
     """
     notifiers = Notifiers(redis, keys, config, client, backoff=backoff)
     replayed = failed = 0
-    for entry_id, fields in await _entries(redis, keys, ids):
-        if fields is None:
-            log.warning("no such dead letter", id=entry_id)
-            failed += 1
-            continue
-        item = DeadItem.from_entry(entry_id, fields)
-        ok = await (_resend(notifiers, item, attempts) if item.is_alert else _requeue(redis, keys, item))
-        if ok:
-            replayed += 1
-        else:
-            failed += 1
+    with bound_contextvars(stage=STAGE):
+        for entry_id, fields in await _entries(redis, keys, ids):
+            if await _replay_one(redis, keys, notifiers, entry_id, fields, attempts):
+                replayed += 1
+            else:
+                failed += 1
+            if on_item:
+                on_item()
     return replayed, failed
+
+
+async def _replay_one(redis: aioredis.Redis, keys: Keys, notifiers: Notifiers, entry_id: str,
+                      fields: dict[str, str] | None, attempts: int) -> bool:
+    if fields is None:
+        log.warning("no such dead letter", id=entry_id)
+        return False
+    item = DeadItem.from_entry(entry_id, fields)
+    return await (_resend(notifiers, item, attempts) if item.is_alert else _requeue(redis, keys, item))
 
 
 async def _requeue(redis: aioredis.Redis, keys: Keys, item: DeadItem) -> bool:
     """Put a stage's entry back on its stream, and drop the dead letter, in one transaction."""
     if not item.stream:
-        log.warning("dead letter without a stream, cannot replay", id=item.id, stage=item.stage)
+        log.warning("dead letter without a stream, cannot replay", id=item.id, from_stage=item.stage)
         return False
     original = {k: v for k, v in item.fields.items() if k not in CONSUMER_META}
     async with redis.pipeline(transaction=True) as pipe:
         pipe.xadd(item.stream, original)
         pipe.xdel(keys.dead, item.id)
         await pipe.execute()
-    log.info("dead letter re-queued", id=item.id, stage=item.stage, stream=item.stream)
+    log.info("dead letter re-queued", id=item.id, from_stage=item.stage, stream=item.stream)
     return True
 
 

@@ -26,8 +26,10 @@ import lxml.etree  # type: ignore[import-untyped, unused-ignore]
 import lxml.html  # type: ignore[import-untyped, unused-ignore]
 import trafilatura
 
+from ingester.neardup import signature
 from ingester.pool import TaskFailed, TaskTimeout, WorkerPool
 from ingester.record import utc_iso
+from ingester.safehttp import decode_html
 
 T = TypeVar("T")
 
@@ -54,6 +56,7 @@ class Extracted:
     language: str | None = None  # ISO 639-1, lowercase
     canonical: str | None = None  # <link rel=canonical> or og:url as found, made absolute
     sitename: str | None = None
+    signature: bytes | None = None  # near-duplicate fingerprint of `text` (ingester.neardup)
 
 
 # The worker failed on a page: it crashed, ran out of memory, raised, or (ExtractTimeout) ran past the
@@ -65,8 +68,14 @@ ExtractTimeout = TaskTimeout
 # ---------------------------------------------------------------- in the worker process
 
 
-def extract_sync(html: str, url: str) -> Extracted | None:
-    """Extract one page; None when it has no main text (or is not HTML at all)."""
+def extract_sync(html: str | bytes, url: str, content_type: str = "") -> Extracted | None:
+    """Extract one page, and fingerprint its text; None when it has no main text (or is not HTML).
+
+    Bytes (a fetched body, already inflated within the size cap) are decoded here, in the worker:
+    trafilatura itself only ever gets text.
+    """
+    if isinstance(html, bytes):
+        html = decode_html(html, content_type)
     if not html or _looks_binary(html):
         return None
     try:
@@ -91,6 +100,7 @@ def extract_sync(html: str, url: str) -> Extracted | None:
         language=language,
         canonical=canonical,
         sitename=data.get("sitename") or None,
+        signature=signature(text[:MAX_TEXT_CHARS]),
     )
 
 
@@ -193,14 +203,14 @@ class Extractor:
                                 initargs=(memory_limit,), preload=["ingester.extract"])
         self.workers, self.timeout = self._pool.workers, timeout
 
-    async def extract(self, html: str, url: str) -> Extracted | None:
+    async def extract(self, html: str | bytes, url: str, content_type: str = "") -> Extracted | None:
         """The page's article, or None when it has no main text.
 
         Raises ExtractTimeout past the per-document timeout, ExtractError when the worker died or failed.
         Cancelling the call stops the worker running the page.
         """
         try:
-            return await self._pool.run(extract_sync, html, url)
+            return await self._pool.run(extract_sync, html, url, content_type)
         except TaskFailed:
             raise
         except Exception as exc:  # raised in the worker (MemoryError under the cap, a parser bug...)

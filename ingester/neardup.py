@@ -48,20 +48,67 @@ BUCKET_CAP = 100  # below Redis' zset-max-listpack-entries (128): compact sets
 HANDLE_BYTES = 6
 TAG_BYTES = 3
 
-# KEYS[1] signature key, KEYS[2..] bucket keys; ARGV: signature value, ttl, cap, then one member per bucket.
+# The index's two operations, in Lua so that finding a cluster and joining it can be one atomic step with
+# the article's write (ingester.publish): two copies written at the same moment cannot both start a cluster.
 # Server time, so that daemons with skewed clocks age the buckets alike. Trimming before adding keeps a full
 # bucket at `cap` entries: a set that outgrows the listpack encoding does not shrink back into it.
-_ADD = """
-local ttl, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = tonumber(redis.call('TIME')[1])
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-for i = 2, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
-  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -cap)
-  redis.call('ZADD', KEYS[i], now, ARGV[i + 2])
-  redis.call('EXPIRE', KEYS[i], ttl)
+LUA = f"local SIG_BYTES, N_PERM, CHANCE = {N_PERM * 2}, {N_PERM}, 1 / 65536\n" + """
+local function hex(s)
+  return (s:gsub('.', function(c) return string.format('%02x', c:byte()) end))
 end
-return #KEYS - 1
+
+-- The cluster id of the most similar indexed article at or above `threshold` (estimated Jaccard), or false.
+local function nearest(buckets, tags, sig, prefix, threshold)
+  local seen, best, best_score = {}, false, -1
+  for b, key in ipairs(buckets) do
+    local tag = tags[b]
+    for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      local h = member:sub(#tag + 1)
+      if member:sub(1, #tag) == tag and not seen[h] then
+        seen[h] = true
+        local stored = redis.call('GET', prefix .. hex(h))
+        if stored and #stored > SIG_BYTES then
+          local same = 0
+          for i = 1, SIG_BYTES, 2 do
+            if stored:sub(i, i + 1) == sig:sub(i, i + 1) then same = same + 1 end
+          end
+          local score = (same / N_PERM - CHANCE) / (1 - CHANCE)
+          if score >= threshold and score > best_score then
+            best, best_score = stored:sub(SIG_BYTES + 1), score
+          end
+        end
+      end
+    end
+  end
+  return best
+end
+
+-- Index one article: signature + cluster id under sig_key, and its member in each band's bucket.
+local function index(sig_key, value, buckets, members, ttl, cap)
+  local now = tonumber(redis.call('TIME')[1])
+  redis.call('SET', sig_key, value, 'EX', ttl)
+  for i, key in ipairs(buckets) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl)
+    redis.call('ZREMRANGEBYRANK', key, 0, -cap)
+    redis.call('ZADD', key, now, members[i])
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+"""
+
+# KEYS: bucket keys; ARGV: signature, signature key prefix, threshold, tags...
+_FIND = LUA + """
+local tags = {}
+for b = 1, #KEYS do tags[b] = ARGV[3 + b] end
+return nearest(KEYS, tags, ARGV[1], ARGV[2], tonumber(ARGV[3]))
+"""
+
+# KEYS: signature key, bucket keys; ARGV: signature value, ttl, cap, members...
+_ADD = LUA + """
+local buckets, members = {}, {}
+for b = 2, #KEYS do buckets[b - 1] = KEYS[b]; members[b - 1] = ARGV[2 + b] end
+index(KEYS[1], ARGV[1], buckets, members, tonumber(ARGV[2]), tonumber(ARGV[3]))
+return #buckets
 """
 _VALUE_BYTES = 2  # uint16 per MinHash value
 SIG_BYTES = N_PERM * _VALUE_BYTES
@@ -144,45 +191,35 @@ class NearDupIndex:
     def _ttl(self) -> int:
         return max(1, int(self.retention))
 
+    def _layout(self, sig: bytes) -> tuple[list[str], list[bytes]]:
+        """The band buckets of `sig` and its tag in each."""
+        slots = [self._slot(band, value) for band, value in enumerate(bands(sig))]
+        return [key for key, _ in slots], [tag for _, tag in slots]
+
     async def find(self, sig: bytes) -> str | None:
         """The cluster id of the most similar indexed article at or above the threshold, else None."""
-        query = _values(sig)
-        handles = await self._candidates(sig)
-        if not handles:
-            return None
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for h in handles:
-                pipe.execute_command("GET", self.keys.signature(h.hex()), **{NEVER_DECODE: []})
-            stored: list[bytes | None] = await pipe.execute()
-        found = [v for v in stored if v is not None and len(v) >= SIG_BYTES]  # else expired meanwhile
-        if not found:
-            return None
-        matrix = np.frombuffer(b"".join(v[:SIG_BYTES] for v in found), dtype=_DTYPE).reshape(len(found), -1)
-        scores = _estimate((matrix == query).mean(axis=1))
-        best = int(np.argmax(scores))
-        return found[best][SIG_BYTES:].decode() if scores[best] >= self.threshold else None
+        buckets, tags = self._layout(sig)
+        found = await self.redis.execute_command(
+            "EVAL", _FIND, len(buckets), *buckets, _values(sig).tobytes(), self.keys.signature(""),
+            self.threshold, *tags, **{NEVER_DECODE: []})
+        return found.decode() if found else None
 
-    def bucket_keys(self, sig: bytes) -> list[str]:
-        """The keys `find` reads for `sig`: WATCH them to make find-then-add safe against a racing copy."""
-        return [self._slot(band, value)[0] for band, value in enumerate(bands(sig))]
-
-    async def _candidates(self, sig: bytes) -> set[bytes]:
-        slots = [self._slot(band, value) for band, value in enumerate(bands(sig))]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, _ in slots:
-                pipe.execute_command("ZRANGE", key, 0, -1, **{NEVER_DECODE: []})
-            buckets: list[list[bytes]] = await pipe.execute()
-        found: set[bytes] = set()
-        for (_, tag), members in zip(slots, buckets, strict=True):
-            found.update(m[len(tag):] for m in members if m.startswith(tag))
-        return found
+    def script_parts(self, article_id: str, sig: bytes) -> tuple[list[str], list[str | bytes | float]]:
+        """KEYS and ARGV for a script that finds the cluster and indexes the article (see publish.py):
+        KEYS signature key, buckets...; ARGV signature, key prefix, threshold, cap, tags..., members..."""
+        buckets, tags = self._layout(sig)
+        h = handle(article_id)
+        keys = [self.keys.signature(h.hex()), *buckets]
+        args: list[str | bytes | float] = [_values(sig).tobytes(), self.keys.signature(""),
+                                            self.threshold, self.bucket_cap, *tags, *(t + h for t in tags)]
+        return keys, args
 
     def add(self, pipe: Pipeline, article_id: str, cluster_id: str, sig: bytes) -> None:
         """Queue the index writes for one article on `pipe` (a MULTI/EXEC pipeline the caller executes)."""
-        _values(sig)
+        _values(sig)  # checks its size
+        buckets, tags = self._layout(sig)
         h = handle(article_id)
-        slots = [self._slot(band, value) for band, value in enumerate(bands(sig))]
-        keys = [self.keys.signature(h.hex()), *(key for key, _ in slots)]
-        args = [sig + cluster_id.encode(), self._ttl(), self.bucket_cap, *(tag + h for _, tag in slots)]
+        keys = [self.keys.signature(h.hex()), *buckets]
+        args = [sig + cluster_id.encode(), self._ttl(), self.bucket_cap, *(tag + h for tag in tags)]
         # EVAL, not EVALSHA: inside MULTI a NOSCRIPT (after a Redis restart) would fail the whole transaction.
         pipe.eval(_ADD, len(keys), *keys, *args)

@@ -13,7 +13,7 @@ import httpx
 import redis.asyncio as aioredis
 import structlog
 
-from ingester import metrics
+from ingester import logs, metrics
 from ingester.config import Config
 from ingester.feedparse import FeedParseError, ParsedFeed, entry_key, parse_feed
 from ingester.keys import Keys
@@ -102,7 +102,8 @@ class Poller:
         if not state.get("url"):
             return PollResult("removed", 0, 0)
         started = time.monotonic()
-        result = await self._poll(state)
+        with structlog.contextvars.bound_contextvars(feed=state["url"], host=logs.url_host(state["url"])):
+            result = await self._poll(state)  # its lines, and safehttp's, name the feed
         metrics.POLL_SECONDS.observe(time.monotonic() - started)
         metrics.FEED_POLLS.labels(outcome=result.outcome).inc()
         await self.schedule.reschedule(fid, result.delay)
@@ -206,8 +207,8 @@ class Poller:
         fields = {"last_error": f"{outcome}: {reason}"[:500], "last_error_at": time.time(),
                   "last_status": outcome, "failures": failures}
         await self._record(state, fields, rate, delay)
-        log.info("feed poll failed", feed=state["url"], outcome=outcome, reason=reason,
-                 failures=failures, retry_in=round(delay))
+        log.info("feed poll failed", outcome=outcome, reason=reason, failures=failures,
+                 retry_in=round(delay))
         return PollResult(outcome, 0, delay)
 
     async def _record(self, state: dict[str, str], fields: dict[str, object], rate: float,

@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 import orjson
 import structlog
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
+from ingester import logs
 from ingester.articles import ArticleStage
 from ingester.record import Entry
 from ingester.streams import Consumer, Message
@@ -15,6 +17,7 @@ from ingester.streams import Consumer, Message
 log = structlog.get_logger("ingester.workers.articles")
 
 GROUP = "articles"
+STAGE = "articles"
 
 
 class ArticleWorker:
@@ -31,6 +34,10 @@ class ArticleWorker:
         self._room = asyncio.Semaphore(concurrency)
 
     async def run(self, stop: asyncio.Event) -> None:
+        with bound_contextvars(stage=STAGE):  # entry tasks started here inherit it
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self.consumer.setup()
         while not stop.is_set():
             await self._room.acquire()  # read only what we have room for
@@ -60,6 +67,7 @@ class ArticleWorker:
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             await self.consumer.dead_letter(msg, f"unreadable entry: {exc!r}")
             return
+        bind_contextvars(feed=entry.feed_url, host=logs.url_host(entry.link))  # this task's context
         try:
             await self.stage.process(entry, msg, self.consumer.group)
         except asyncio.CancelledError:

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 
 import structlog
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from ingester.poll import Poller
 from ingester.schedule import Schedule
 
 log = structlog.get_logger("ingester.workers.poller")
 
+STAGE = "poll"
 TICK_SECONDS = 0.5
 TICK_BUDGET = 10.0  # a tick that cannot reach Redis gives up; the next one tries again
 
@@ -30,25 +32,27 @@ class PollWorker:
     async def tick(self) -> None:
         if self.stopping:
             return
-        try:
-            async with asyncio.timeout(TICK_BUDGET):
-                due = await self.schedule.claim(self.concurrency - len(self.tasks))
-        except Exception as exc:  # Redis down: log, and the next tick retries
-            log.warning("schedule claim failed", error=repr(exc))
-            return
+        with bound_contextvars(stage=STAGE):
+            try:
+                async with asyncio.timeout(TICK_BUDGET):
+                    due = await self.schedule.claim(self.concurrency - len(self.tasks))
+            except Exception as exc:  # Redis down: log, and the next tick retries
+                log.warning("schedule claim failed", error=repr(exc))
+                return
         for fid in due:
             task: asyncio.Task[object] = asyncio.create_task(self._poll(fid))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _poll(self, fid: str) -> None:
+        bind_contextvars(stage=STAGE, feed_id=fid)  # this task's own context; Poller.poll adds the URL
         try:
             await self.poller.poll(fid)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(fid))
             raise
         except Exception as exc:  # a bug or Redis outage: the lease expires and the feed comes back
-            log.exception("poll crashed", feed_id=fid, error=repr(exc))
+            log.exception("poll crashed", error=repr(exc))
 
     async def _release(self, fid: str) -> None:
         """An interrupted poll makes the feed due at once, for this or another daemon."""
