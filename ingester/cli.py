@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from ingester import logs
 from ingester.config import Config, ConfigError, load
 
@@ -18,6 +20,7 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure(level=args.log_level)
+    structlog.contextvars.bind_contextvars(stage="cli")  # the daemon's stages bind their own
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -84,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     from workers.daemon import run
 
     load(args.config)  # config errors before anything starts
+    structlog.contextvars.bind_contextvars(stage="daemon")
     run(args.config)
     return 0
 

@@ -96,8 +96,9 @@ class Daemon:
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
-        async with open_redis(self.config) as redis:
-            await self._run(redis)
+        with structlog.contextvars.bound_contextvars(stage="daemon"):
+            async with open_redis(self.config) as redis:
+                await self._run(redis)
 
     async def _run(self, redis: aioredis.Redis) -> None:
         config = self.config

@@ -27,6 +27,7 @@ class Maintenance:
                 *(self.keys.topic(t.name) for t in self.config.topics)]
 
     async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(stage="maintenance")  # this scheduler run's own task
         try:
             for stream in self.streams():
                 trimmed = await trim(self.redis, stream, self.config.streams.retention)
