@@ -107,6 +107,12 @@ def _check(args: argparse.Namespace) -> int:
         print(f"ok: config valid; no Redis URL, the daemon will run {binary}")
         return 0
 
+    from ingester.connection import namespace_problem
+
+    if problem := namespace_problem(url, config.redis.namespace):  # INGESTER_REDIS_URL may be a cluster
+        print(f"config error: redis.namespace: {problem}", file=sys.stderr)
+        return 2
+
     async def ping() -> None:
         client = connect(url, retry=False)  # say why at once, not after retrying
         try:

@@ -83,9 +83,19 @@ class RedisConfig(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://",
+                   "redis+cluster://", "rediss+cluster://")
+        if v is not None and not v.startswith(schemes):
+            raise ValueError("must start with " + ", ".join(schemes))
         return v
+
+    @model_validator(mode="after")
+    def _cluster_namespace(self) -> RedisConfig:
+        from ingester.connection import namespace_problem
+
+        if problem := namespace_problem(self.url, self.namespace):
+            raise ValueError(problem)
+        return self
 
 
 class PollingConfig(_Section):

@@ -36,6 +36,8 @@ for i = 2, #KEYS do
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', tonumber(ARGV[1])) then
     redis.call('XADD', KEYS[1], '*', 'data', ARGV[i])
     added = added + 1
+  else
+    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))  -- still listed: keep the mark while the feed shows it
   end
 end
 return added

@@ -108,6 +108,21 @@ async def test_only_new_items_are_queued_and_a_returning_item_is_not_new(env, ht
     assert [e.link.rsplit("/", 1)[1] for e in await queued(redis, keys)] == ["a", "b", "c", "d"]
 
 
+async def test_an_item_still_listed_keeps_its_seen_mark(env, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+    poller, schedule = env
+    fid = await register(schedule, httpserver.url_for("/feed"))
+    for body in (rss("a"), rss("a", "b")):  # the body changes, so it is parsed again
+        httpserver.clear()
+        httpserver.expect_request("/feed").respond_with_data(body, content_type="application/rss+xml")
+        await poller.poll(fid)
+        seen = keys.seen("http://news.example/a")
+        await redis.expire(seen, 60)  # as if the item had been listed for most of the retention
+    httpserver.clear()
+    httpserver.expect_request("/feed").respond_with_data(rss("a", "b", "c"), content_type="text/xml")
+    assert (await poller.poll(fid)).new_entries == 1  # only "c"
+    assert await redis.ttl(keys.seen("http://news.example/a")) > 3600  # refreshed by the sighting
+
+
 async def test_the_same_link_from_two_feeds_is_queued_once(env, httpserver, redis, keys):  # type: ignore[no-untyped-def]
     poller, schedule = env
     httpserver.expect_request("/one").respond_with_data(rss("a"), content_type="application/rss+xml")

@@ -22,16 +22,16 @@ from ingester.keys import Keys
 from ingester.record import Article
 
 TOPIC = "ceasefire"
-VOCABULARY = ("minister council harbour river market budget school doctors farmers railway bridge winter "
-              "summer report museum festival court judge police union workers strike factory energy price "
-              "water storm flood forest mountain village city region province border election vote party "
-              "leader senator mayor hospital patients nurses teachers students airport flights tourists "
-              "hotel restaurant football coach season league stadium fans record album singer concert film "
-              "director actor theatre novel author library science research laboratory space rocket "
-              "satellite climate carbon solar wind turbine battery engine vehicle traffic road tunnel port "
-              "ship cargo export import trade tariff bank loan interest inflation wages pension tax "
-              "property housing rent tenants landlord charity volunteers church mosque temple heritage "
-              "castle garden park zoo wildlife species ocean coast island fishing boat").split()
+_WORDS = """minister council harbour river market budget school doctors farmers railway bridge winter
+summer report museum festival court judge police union workers strike factory energy price water storm flood
+forest mountain village city region province border election vote party leader senator mayor hospital
+patients nurses teachers students airport flights tourists hotel restaurant football coach season league
+stadium fans record album singer concert film director actor theatre novel author library science research
+laboratory space rocket satellite climate carbon solar wind turbine battery engine vehicle traffic road tunnel
+port ship cargo export import trade tariff bank loan interest inflation wages pension tax property housing
+rent tenants landlord charity volunteers church mosque temple heritage castle garden park zoo wildlife
+species ocean coast island fishing boat"""
+VOCABULARY = _WORDS.split()
 
 
 def paragraphs(name: str, *, topical: bool) -> list[str]:
@@ -74,7 +74,8 @@ class Newsroom:
         return f"http://{host}:{self.port}"
 
     def links(self, i: int) -> list[str]:
-        links = [f"{self.base()}/story/own-{i}-{j}" for j in range(2)] + [f"{self.base()}/story/shared-{i // 2}"]
+        links = [f"{self.base()}/story/own-{i}-{j}" for j in range(2)]
+        links.append(f"{self.base()}/story/shared-{i // 2}")
         if i < self.wire:
             links.append(f"{self.base()}/story/wire-{i}")
         elif i < 2 * self.wire:
@@ -154,7 +155,11 @@ async def newsroom() -> AsyncIterator[Newsroom]:
 def write_config(path: Path, room: Newsroom, *, namespace: str, agent: str) -> Path:
     lines = [
         "[redis]", f'namespace = "{namespace}"',
+        # Two polls in flight per daemon: more feeds are due than one daemon takes, so all of them poll.
+        # (With spare capacity, the daemon that polled a feed tends to claim it again: its reschedule
+        # puts the next due time just before its own next tick.)
         "[polling]", 'default_interval = "1s"', 'min_interval = "1s"', 'max_interval = "2s"',
+        "concurrency = 2",
         "[network]", 'allow_private = ["127.0.0.0/8", "::1/128"]', "host_min_gap = 0",
         "host_concurrency = 50", 'timeout = "2s"', f'user_agent = "{agent}"',
         "[articles]", "workers = 1", "concurrency = 4",

@@ -76,7 +76,7 @@ async def open_redis(config: Config, *, attach: bool = False) -> AsyncIterator[a
             if not (attach and busy.url):
                 raise
             url, embedded = busy.url, None
-    client = connect(url)
+    client = connect(url, namespace=config.redis.namespace)
     try:
         await client.ping()
         log.info("redis connected", url=safe_url(url))
