@@ -75,13 +75,16 @@ class ArticleStage:
             log.info("page not usable", url=entry.link, status=response.status,
                      content_type=response.headers.get("content-type"))
             return Page(response.url, None)
-        return Page(response.url, await self._extract(response))
+        return Page(response.url, await self._extract(response, entry))
 
-    async def _extract(self, response: Response) -> Extracted | None:
+    async def _extract(self, response: Response, entry: Entry) -> Extracted | None:
+        """Extract in the pool; what the feed already gave (date, authors) is not searched for."""
         started = time.monotonic()
         try:
             extracted = await self.extractor.extract(response.content, response.url,
-                                                     response.headers.get("content-type", ""))
+                                                     response.headers.get("content-type", ""),
+                                                     want_date=entry.published_at is None,
+                                                     want_authors=not entry.authors)
         except ExtractError as exc:
             metrics.EXTRACT_FAILURES.labels(reason=type(exc).__name__).inc()
             log.warning("extraction failed", url=response.url, reason=str(exc))

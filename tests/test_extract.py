@@ -246,3 +246,17 @@ async def test_workers_are_memory_capped_and_warm() -> None:
         assert await pool.extract(article_page(), URL) is not None
     finally:
         pool.close()
+
+
+def test_what_the_feed_gave_is_not_searched_for_in_the_page() -> None:
+    page = ("<html lang='en'><head><title>Talks resume</title></head><body><article><h1>Talks resume</h1>"
+            "<p class='byline'>By <span class='author'>Jane Doe</span></p>"
+            "<p class='date'>Published 3 March 2021</p>"
+            + "".join(f"<p>Paragraph {i} of a report long enough for the extractor to keep it whole.</p>"
+                      for i in range(6)) + "</article></body></html>")
+    searched = extract_sync(page, URL)
+    given = extract_sync(page, URL, "", False, False)
+    assert searched is not None and given is not None
+    assert searched.authors == ["Jane Doe"] and searched.published_at == "2021-03-03T00:00:00Z"
+    assert given.authors == [] and given.published_at is None
+    assert given.text == searched.text and given.signature == searched.signature is not None
