@@ -40,6 +40,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -80,25 +82,38 @@ def feed_url(port: int, hosts: int, k: int) -> str:
     return f"http://127.0.0.{1 + k % hosts}:{port}/feed/{k}"
 
 
-def rss(port: int, hosts: int, feeds: int, k: int, pages: int) -> bytes:
-    """Feed k lists pages k, k + feeds, k + 2 * feeds, ... with a one-line summary each."""
+def rss(port: int, hosts: int, feeds: int, k: int, metas: list[tuple[str | None, str | None]]) -> bytes:
+    """Feed k lists pages k, k + feeds, k + 2 * feeds, ... with a one-line summary each, and, as news
+    feeds do, a pubDate and a dc:creator where the page's labelled data knows them."""
+    def extra(date: str | None, author: str | None) -> str:
+        out = ""
+        try:  # the labels hold a few malformed dates: an item without a date, then
+            day = datetime.strptime((date or "")[:10], "%Y-%m-%d").replace(tzinfo=UTC)
+            out += f"<pubDate>{format_datetime(day, usegmt=True)}</pubDate>"
+        except ValueError:
+            pass
+        if author:
+            out += f"<dc:creator>{escape(author)}</dc:creator>"
+        return out
+
     items = "".join(
         f"<item><title>Article {n}</title><link>{escape(page_url(port, hosts, n))}</link>"
-        f"<guid>{escape(page_url(port, hosts, n))}</guid>"
+        f"<guid>{escape(page_url(port, hosts, n))}</guid>{extra(*metas[n])}"
         f"<description>Summary of article {n}, as the feed gives it.</description></item>"
-        for n in range(k, pages, feeds))
-    return (f"<?xml version='1.0' encoding='utf-8'?><rss version='2.0'><channel><title>Bench {k}</title>"
-            f"<link>http://127.0.0.1/</link>{items}</channel></rss>").encode()
+        for n in range(k, len(metas), feeds))
+    return ("<?xml version='1.0' encoding='utf-8'?><rss version='2.0' "
+            "xmlns:dc='http://purl.org/dc/elements/1.1/'><channel>"
+            f"<title>Bench {k}</title><link>http://127.0.0.1/</link>{items}</channel></rss>").encode()
 
 
-def serve(files: list[Path], port: int, hosts: int, feeds: int,
-          ready: Any) -> None:
+def serve(files: list[Path], metas: list[tuple[str | None, str | None]], port: int, hosts: int,
+          feeds: int, ready: Any) -> None:
     """The pages (sent gzipped, as most sites do, when the client accepts it) and their feeds."""
     from aiohttp import web
 
     bodies = [f.read_bytes() for f in files]
     plain = [gzip.decompress(b) for b in bodies]
-    channels = [rss(port, hosts, feeds, k, len(files)) for k in range(feeds)]
+    channels = [rss(port, hosts, feeds, k, metas) for k in range(feeds)]
 
     async def page(request: web.Request) -> web.Response:
         n = int(request.match_info["n"])
@@ -341,11 +356,24 @@ def naive(feeds: list[str]) -> tuple[float, int]:
 def start_site(files: list[Path], port: int, hosts: int, feeds: int) -> BaseProcess:
     spawn = multiprocessing.get_context("spawn")
     ready = spawn.Event()
-    server = spawn.Process(target=serve, args=(files, port, hosts, feeds, ready), daemon=True)
+    server = spawn.Process(target=serve, args=(files, page_metas(files), port, hosts, feeds, ready),
+                           daemon=True)
     server.start()
     if not ready.wait(60):
         raise SystemExit("the page server did not start")
     return server
+
+
+def page_metas(files: list[Path]) -> list[tuple[str | None, str | None]]:
+    """(date, author) of each page from evaldata.json, for the feed items."""
+    by_file = {m["file"]: m["url"] for m in json.loads((PAGES / "manifest.json").read_text(encoding="utf-8"))}
+    evaldata = json.loads((PAGES / "evaldata.json").read_text(encoding="utf-8"))
+    labels = [evaldata.get(by_file.get(str(f.relative_to(PAGES)), ""), {}) for f in files]
+    def author(value: object) -> str | None:  # a name, or a list of names
+        names = value if isinstance(value, list) else [value]
+        return "; ".join(str(n) for n in names if n) or None
+
+    return [(str(e["date"]) if e.get("date") else None, author(e.get("author"))) for e in labels]
 
 
 def page_files(limit: int | None) -> list[Path]:
