@@ -27,7 +27,7 @@ import lxml.html  # type: ignore[import-untyped, unused-ignore]
 import trafilatura
 from htmldate import find_date
 from trafilatura import metadata as tm
-from trafilatura.settings import set_date_params
+from trafilatura.settings import Document, set_date_params
 
 from ingester.neardup import signature
 from ingester.pool import TaskFailed, TaskTimeout, WorkerPool
@@ -111,7 +111,7 @@ def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date:
     )
 
 
-def _metadata(tree: lxml.html.HtmlElement, url: str, *, find_day: bool, find_byline: bool) -> Any:
+def _metadata(tree: lxml.html.HtmlElement, url: str, *, find_day: bool, find_byline: bool) -> Document:
     """trafilatura's metadata steps that a news record uses, in its order: meta tags, then JSON-LD,
     then the page's own headline and byline. Categories, tags and licence are not searched for; the
     byline search (a copy of the whole tree) and htmldate run only when the feed did not give an
