@@ -14,7 +14,9 @@ redis-server of its own. Prints, in one run:
 2. the ceiling = os.cpu_count() / median single-core time of trafilatura.bare_extraction(html,
    with_metadata=True) on the same pages' decoded text, and the ratio; also the bound the mean time gives
    (the pages' times are skewed: mean ~1.5 x median);
-3. a naive sequential loop in this process (feedparser -> httpx -> bare_extraction, one page at a time),
+3. the daemon's Extractor alone on the same pages (in memory, nothing else running): how much of the
+   ceiling extraction itself reaches, and how much of that the pipeline around it keeps;
+4. a naive sequential loop in this process (feedparser -> httpx -> bare_extraction, one page at a time),
    and the ratio to it;
 and where the CPU went during the ingest (by process role) and the Redis commands per entry.
 
@@ -57,6 +59,7 @@ from bench.loopback import run_app
 from ingester import logs
 from ingester.connection import connect
 from ingester.embedded import EmbeddedRedis, free_port
+from ingester.extract import Extractor
 from ingester.keys import Keys
 from ingester.safehttp import decode_html
 from workers.daemon import Daemon
@@ -87,11 +90,8 @@ def rss(port: int, hosts: int, feeds: int, k: int, metas: list[tuple[str | None,
     feeds do, a pubDate and a dc:creator where the page's labelled data knows them."""
     def extra(date: str | None, author: str | None) -> str:
         out = ""
-        try:  # the labels hold a few malformed dates: an item without a date, then
-            day = datetime.strptime((date or "")[:10], "%Y-%m-%d").replace(tzinfo=UTC)
+        if day := feed_date(date):
             out += f"<pubDate>{format_datetime(day, usegmt=True)}</pubDate>"
-        except ValueError:
-            pass
         if author:
             out += f"<dc:creator>{escape(author)}</dc:creator>"
         return out
@@ -104,6 +104,14 @@ def rss(port: int, hosts: int, feeds: int, k: int, metas: list[tuple[str | None,
     return ("<?xml version='1.0' encoding='utf-8'?><rss version='2.0' "
             "xmlns:dc='http://purl.org/dc/elements/1.1/'><channel>"
             f"<title>Bench {k}</title><link>http://127.0.0.1/</link>{items}</channel></rss>").encode()
+
+
+def feed_date(label: str | None) -> datetime | None:
+    """The pubDate a feed item gets; the labels hold a few malformed dates: an item without a date, then."""
+    try:
+        return datetime.strptime((label or "")[:10], "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def serve(files: list[Path], metas: list[tuple[str | None, str | None]], port: int, hosts: int,
@@ -242,9 +250,8 @@ def stream_time(entry_id: str) -> float:
 
 async def ingest(config: Path, redis_url: str, pages: int, log_file: Path,
                  profiler: cProfile.Profile | None, limit: float) -> Ingest:
-    with log_file.open("w") as sink:
-        with contextlib.redirect_stderr(sink):
-            logs.configure("INFO", json=True)  # as the daemon logs in production, into a file
+    with log_file.open("w") as sink, contextlib.redirect_stderr(sink):
+        logs.configure("INFO", json=True)  # as the daemon logs in production, into a file
         return await _ingest(config, redis_url, pages, log_file, profiler, limit)
 
 
@@ -338,6 +345,24 @@ def extraction_times(files: list[Path]) -> list[float]:
     return times
 
 
+async def extraction_alone(files: list[Path], metas: list[tuple[str | None, str | None]]) -> float:
+    """Pages/s of the daemon's Extractor on its own (os.cpu_count() workers, the pages in memory, the
+    same date and byline searches as in the ingest): what the pipeline around it leaves of it."""
+    pages = [gzip.decompress(f.read_bytes()) for f in files]
+    extractor = Extractor()
+    try:
+        await asyncio.gather(*(extractor.extract(p, "http://127.0.0.1/warm-up", "text/html")
+                               for p in pages[:extractor.workers]))
+        started = time.perf_counter()
+        await asyncio.gather(*(
+            extractor.extract(page, f"http://127.0.0.1/page/{n}", "text/html",
+                              want_date=feed_date(date) is None, want_authors=author is None)
+            for n, (page, (date, author)) in enumerate(zip(pages, metas, strict=True))))
+        return len(pages) / (time.perf_counter() - started)
+    finally:
+        extractor.close()
+
+
 def naive(feeds: list[str]) -> tuple[float, int]:
     """feedparser -> httpx -> bare_extraction, one page at a time (one keep-alive client); pages/s."""
     done = 0
@@ -394,7 +419,8 @@ def print_profile(profiler: cProfile.Profile) -> None:
     print(out.getvalue())
 
 
-def report(run: Ingest, times: list[float], base: float, base_pages: int, cpus: int, load: str) -> None:
+def report(run: Ingest, times: list[float], alone: float, base: float, base_pages: int, cpus: int,
+           load: str) -> None:
     median, mean = statistics.median(times), statistics.mean(times)
     ceiling = cpus / median
     print(f"pages={run.entries} cpus={cpus} load before: {load}")
@@ -412,6 +438,8 @@ def report(run: Ingest, times: list[float], base: float, base_pages: int, cpus: 
           f"{run.end_to_end / ceiling:.3f}; target >= 0.9)")
     print(f"(mean bare_extraction {mean * 1000:.1f} ms: with every core extracting and nothing else, "
           f"{cpus / mean:.2f} articles/s at most; steady state is {run.steady * mean / cpus:.3f} of that)")
+    print(f"extraction alone: {alone:6.2f} pages/s  (the daemon's Extractor, nothing else running) = "
+          f"{alone / ceiling:.3f} of the ceiling; steady state is {run.steady / alone:.3f} of it")
     print(f"naive loop:   {base:6.2f} articles/s  ({base_pages} pages, sequential)")
     print(f"ratio steady/naive: {run.steady / base:.2f}x   (end-to-end/naive {run.end_to_end / base:.2f}x; "
           f"target >= 1.8x)")
@@ -450,12 +478,13 @@ def main() -> None:
                                          Path(tmp) / "daemon.log", profiler, opts.limit))
             finally:
                 redis_server.stop()
+        alone = asyncio.run(extraction_alone(files, page_metas(files)))
         quiet()
         times = extraction_times(files)
         base, base_pages = naive(feeds)
     finally:
         server.terminate()
-    report(run, times, base, base_pages, cpus, load)
+    report(run, times, alone, base, base_pages, cpus, load)
     if profiler:
         print_profile(profiler)
 

@@ -8,7 +8,8 @@ Options were chosen by measuring on the 990 pages of ../shared/pages/trafilatura
 bench/extract_bench.py: include_comments=False scores F1 0.9227, against 0.9185 for plain
 trafilatura.extract and 0.9206 for bare_extraction's defaults; favor_precision (0.918), favor_recall
 (0.917), no tables (0.918), deduplicate (0.919; it also drops repeated documents across pages) and
-fast (0.917) all score lower.
+fast (0.917) all score lower. Fast mode first, and the full cascade only where its text comes out under
+COMPARE_BELOW characters (12 % of those pages), scores 0.9226 in 86 % of the full cascade's time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import urljoin
 import lxml.etree  # type: ignore[import-untyped, unused-ignore]
 import lxml.html  # type: ignore[import-untyped, unused-ignore]
 import trafilatura
+import trafilatura.utils
 from htmldate import find_date
 from trafilatura import metadata as tm
 from trafilatura.settings import Document, set_date_params
@@ -40,6 +42,9 @@ MAX_HTML_CHARS = 5_000_000  # longer pages are cut here; lxml recovers from the 
 MAX_TEXT_CHARS = 300_000  # an "article" longer than this is not one we want whole in a stream record
 MEMORY_LIMIT = 2 * 1024**3  # address space per worker process
 # Metadata comes from _metadata(), which runs only the steps a news record needs.
+# The comparison with readability and justext (trafilatura's default, 30 % of its time) changes
+# the text only where trafilatura's own extractor finds little: it runs on pages under this length.
+COMPARE_BELOW = 1000  # characters
 OPTIONS: dict[str, Any] = {"include_comments": False, "with_metadata": False, "output_format": "python"}
 
 _QUIET_LOGGERS = ("trafilatura", "htmldate", "courlan", "charset_normalizer", "dateparser", "justext")
@@ -91,9 +96,7 @@ def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date:
         if tree is None:
             return None
         language, canonical, meta_date = _page_meta(tree, url)
-        document = trafilatura.bare_extraction(tree, url=url, **OPTIONS)
-        data = document if document is None or isinstance(document, dict) else document.as_dict()
-        text = ((data or {}).get("text") or "").strip()
+        text = _main_text(tree, url)
         if not text:
             return None
         meta = _metadata(tree, url, find_day=want_date and not meta_date, find_byline=want_authors)
@@ -109,6 +112,21 @@ def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date:
         sitename=meta.sitename or None,
         signature=signature(text[:MAX_TEXT_CHARS]),
     )
+
+
+def _main_text(tree: lxml.html.HtmlElement, url: str) -> str:
+    """trafilatura's main text: its own extractor first, then, only when that comes out short, again
+    with the comparison against readability and justext that its default mode runs on every page."""
+    text = _body_text(tree, url, fast=True)
+    if len(text) < COMPARE_BELOW:
+        text = _body_text(tree, url, fast=False)
+    return text
+
+
+def _body_text(tree: lxml.html.HtmlElement, url: str, *, fast: bool) -> str:
+    document = trafilatura.bare_extraction(tree, url=url, fast=fast, **OPTIONS)
+    data = document if document is None or isinstance(document, dict) else document.as_dict()
+    return ((data or {}).get("text") or "").strip()
 
 
 def _metadata(tree: lxml.html.HtmlElement, url: str, *, find_day: bool, find_byline: bool) -> Document:
@@ -205,13 +223,26 @@ def _authors(value: str | None) -> list[str]:
     return [a.strip() for a in (value or "").split(";") if a.strip()]
 
 
+def use_plain_html_elements() -> None:
+    """Make trafilatura's parser give every element lxml.html's HtmlElement class without asking Python.
+
+    lxml.html's default lookup calls a Python method for each element proxy (form fields get their own
+    classes), and trafilatura creates hundreds of thousands of proxies per page: a C-level default
+    lookup makes extraction ~14 % faster, with the same results (pages have no forms worth keeping).
+    """
+    trafilatura.utils.HTML_PARSER.set_element_class_lookup(lxml.etree.ElementDefaultClassLookup(
+        element=lxml.html.HtmlElement, comment=lxml.html.HtmlComment,
+        pi=lxml.html.HtmlProcessingInstruction, entity=lxml.html.HtmlEntity))
+
+
 def _init_worker(memory_limit: int) -> None:
-    """Cap the worker's memory, silence library logging, and pay dateparser's warm-up now."""
+    """Cap the worker's memory, silence library logging, speed up lxml, and pay dateparser's warm-up now."""
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     cap = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    use_plain_html_elements()
     with suppress(Exception):  # a failed warm-up only costs time later
         extract_sync(_WARMUP_HTML, "https://warmup.invalid/warm-up")
 

@@ -12,9 +12,11 @@ it is enough on its own or needs company (an OR alternative that is a conjunctio
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -86,12 +88,6 @@ class _Article:
 
     def __init__(self, doc: Doc) -> None:
         self.tokens = {"title": q.tokenize(doc.title), "text": q.tokenize(doc.text)}
-        self.positions: dict[str, dict[str, list[int]]] = {}
-        for name, tokens in self.tokens.items():
-            positions: dict[str, list[int]] = {}
-            for i, token in enumerate(tokens):
-                positions.setdefault(token, []).append(i)
-            self.positions[name] = positions
         self.length = len(self.tokens["title"]) + len(self.tokens["text"])
         self.language = (doc.language or "").replace("_", "-").split("-")[0].lower() or None
         self._vocab: dict[str, list[str]] = {}
@@ -106,7 +102,18 @@ class _Article:
         return self._headline
 
     def vocabulary(self) -> set[str]:
-        return self.positions["title"].keys() | self.positions["text"].keys()
+        return set(self.tokens["title"]).union(self.tokens["text"])
+
+    @functools.cached_property
+    def positions(self) -> dict[str, dict[str, list[int]]]:
+        """Field -> token -> positions; built only for an article some topic could match."""
+        maps: dict[str, dict[str, list[int]]] = {}
+        for name, tokens in self.tokens.items():
+            positions: dict[str, list[int]] = {}
+            for i, token in enumerate(tokens):
+                positions.setdefault(token, []).append(i)
+            maps[name] = positions
+        return maps
 
     def spans(self, key: Key, fieldname: str, slot: int | None = None) -> Spans:
         """The matches of a positional clause in one field, computed once per article."""
@@ -514,7 +521,6 @@ class TopicSet:
             self.topics.append(topic)
             self._by_name[config.name] = topic
             self._index(index, required_terms(ast))
-        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
 
     def _index(self, index: int, terms: frozenset[tuple[str, str]] | None) -> None:
         if terms is None:
@@ -523,17 +529,16 @@ class TopicSet:
         for kind, text in terms:
             (self._prefixes if kind == "w" else self._terms).setdefault(text, []).append(index)
 
-    def candidates(self, vocabulary: Iterable[str]) -> list[int]:
+    def candidates(self, vocabulary: AbstractSet[str]) -> list[int]:
         """Indexes of the topics an article with these tokens could match, in configuration order."""
         found = set(self._always)
-        terms, prefixes, lengths = self._terms, self._prefixes, self._prefix_lengths
-        for token in vocabulary:
-            if (hit := terms.get(token)) is not None:
-                found.update(hit)
-            for size in lengths:
-                if size > len(token):
-                    break
-                if (hit := prefixes.get(token[:size])) is not None:
+        for term in self._terms.keys() & vocabulary:
+            found.update(self._terms[term])
+        if self._prefixes:
+            words = sorted(vocabulary)
+            for prefix, hit in self._prefixes.items():
+                at = bisect.bisect_left(words, prefix)
+                if at < len(words) and words[at].startswith(prefix):
                     found.update(hit)
         return sorted(found)
 

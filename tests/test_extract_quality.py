@@ -13,10 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import lxml.html  # type: ignore[import-untyped, unused-ignore]
 import trafilatura
+import trafilatura.utils
 from conftest import shared_path
 
-from ingester.extract import Extractor
+from ingester.extract import (
+    COMPARE_BELOW,
+    Extractor,
+    _body_text,
+    _main_text,
+    extract_sync,
+    use_plain_html_elements,
+)
 from ingester.safehttp import decode_html
 
 SAMPLE_EVERY = 5  # ~200 of the 990 pages
@@ -67,3 +76,35 @@ async def test_quality_at_least_plain_trafilatura() -> None:
         plain_score.add(baseline, item)
     print(f"\n{len(pages)} pages\n  ours:               {ours_score}\n  trafilatura.extract: {plain_score}")
     assert ours_score.figures()[2] >= plain_score.figures()[2]
+
+
+def test_comparison_with_readability_runs_where_trafilatura_finds_little() -> None:
+    """Pages whose fast extraction is short get trafilatura's full cascade (and some change because of
+    it); longer ones keep the fast result."""
+    pages = load_sample(shared_path("pages", "trafilatura-eval"))[::2]
+    short = changed = long = 0
+    for html, url, _ in pages:
+        tree = trafilatura.load_html(html)
+        fast = _body_text(tree, url, fast=True)
+        if len(fast) < COMPARE_BELOW:
+            full = _body_text(tree, url, fast=False)
+            assert _main_text(tree, url) == full
+            short, changed = short + 1, changed + (full != fast)
+        else:
+            assert _main_text(tree, url) == fast
+            long += 1
+    assert long > short > 0 and changed > 0
+
+
+def test_plain_element_lookup_gives_the_same_results() -> None:
+    pages = load_sample(shared_path("pages", "trafilatura-eval"))[::4]
+    default = [extract_sync(html, url) for html, url, _ in pages]
+    use_plain_html_elements()
+    try:
+        tree = trafilatura.load_html("<html><body><form></form><p>x</p></body></html>")
+        assert tree is not None  # a form is an HtmlElement, not lxml.html.FormElement: the lookup is in place
+        assert type(tree.find(".//form")) is lxml.html.HtmlElement
+        assert [extract_sync(html, url) for html, url, _ in pages] == default
+    finally:
+        trafilatura.utils.HTML_PARSER.set_element_class_lookup(lxml.html.HtmlElementClassLookup())
+    assert sum(result is not None for result in default) > len(pages) * 0.9
