@@ -235,16 +235,26 @@ def use_plain_html_elements() -> None:
         pi=lxml.html.HtmlProcessingInstruction, entity=lxml.html.HtmlEntity))
 
 
-def _init_worker(memory_limit: int) -> None:
-    """Cap the worker's memory, silence library logging, speed up lxml, and pay dateparser's warm-up now."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+def warm_up() -> None:
+    """Silence library logging, speed up lxml, and pay dateparser's warm-up now.
+
+    The pools' forkserver runs this once (ingester.extract_preload), so workers forked from it start
+    warm, a replacement for a worker cut at its timeout included; each worker runs it again, which
+    then costs a few milliseconds (or the whole warm-up, where the forkserver was started without it).
+    """
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     use_plain_html_elements()
     with suppress(Exception):  # a failed warm-up only costs time later
         extract_sync(_WARMUP_HTML, "https://warmup.invalid/warm-up")
+
+
+def _init_worker(memory_limit: int) -> None:
+    """Cap the worker's memory, and make sure it is warm."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = memory_limit if hard == resource.RLIM_INFINITY else min(memory_limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    warm_up()
 
 
 # ---------------------------------------------------------------- in the daemon
@@ -256,8 +266,12 @@ class Extractor:
     def __init__(self, workers: int | None = None, timeout: float = 30.0,
                  memory_limit: int = MEMORY_LIMIT) -> None:
         self._pool = WorkerPool(workers, timeout=timeout, initializer=_init_worker,
-                                initargs=(memory_limit,), preload=["ingester.extract"])
+                                initargs=(memory_limit,), preload=["ingester.extract_preload"])
         self.workers, self.timeout = self._pool.workers, timeout
+
+    async def start(self) -> None:
+        """Start the workers (warm) now, rather than with the first page."""
+        await self._pool.start()
 
     async def extract(self, html: str | bytes, url: str, content_type: str = "", *,
                       want_date: bool = True, want_authors: bool = True) -> Extracted | None:

@@ -51,6 +51,12 @@ class WorkerPool:
         return pebble.ProcessPool(max_workers=self.workers, initializer=self._initializer,
                                   initargs=self._initargs, context=self._context)
 
+    async def start(self) -> None:
+        """Start the workers now rather than with the first task. Starting them blocks (the first pool
+        also starts the forkserver, which imports and warms up the preload modules): on a thread."""
+        future = await asyncio.to_thread(self._schedule, os.getpid, (), self.timeout)
+        await asyncio.wrap_future(future)
+
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """fn(*args) in a worker; exceptions fn raises come back as they are."""
         limit = timeout or self.timeout

@@ -6,8 +6,11 @@ import asyncio
 import gzip
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -187,6 +190,40 @@ async def test_timeout_replaces_the_worker() -> None:
         assert await pool.extract(article_page(), URL) is not None
     finally:
         pool.close()
+
+
+PRELOAD_PROBE = """
+import asyncio, sys, time
+from ingester.extract import Extractor, ExtractTimeout
+
+def preloaded() -> bool:
+    return "ingester.extract_preload" in sys.modules
+
+async def main() -> None:
+    pool = Extractor(workers=1, timeout=0.5)
+    await pool.start()
+    first = await pool._pool.run(preloaded)
+    try:
+        await pool._pool.run(time.sleep, 60)
+    except ExtractTimeout:
+        pass
+    print(first, await pool._pool.run(preloaded))  # the replacement worker
+    pool.close()
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_workers_replaced_after_a_timeout_start_warm(tmp_path: Path) -> None:
+    """The forkserver warms up once (ingester.extract_preload); every worker forked from it has that.
+    In a fresh interpreter: this test process's forkserver may have started without the preload."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PRELOAD_PROBE, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
 
 
 async def test_a_real_page_over_the_timeout_is_cut() -> None:

@@ -143,6 +143,7 @@ class Daemon:
                 health.tick()
             watchdog.progress()
 
+        await asyncio.gather(parser.start(), extractor.start())  # warm workers before the first poll
         scheduler = AsyncIOScheduler()
         job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         scheduler.add_job(tick, "interval", seconds=TICK_SECONDS, **job)
