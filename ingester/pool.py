@@ -54,8 +54,8 @@ class WorkerPool:
     async def start(self) -> None:
         """Start the workers now rather than with the first task. Starting them blocks (the first pool
         also starts the forkserver, which imports and warms up the preload modules): on a thread."""
-        future = await asyncio.to_thread(self._schedule, os.getpid, (), self.timeout)
-        await asyncio.wrap_future(future)
+        await asyncio.to_thread(self._schedule, os.getpid, (), self.timeout)
+        await self.run(os.getpid)  # a worker is up (and a pool broken at birth is replaced)
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """fn(*args) in a worker; exceptions fn raises come back as they are."""
