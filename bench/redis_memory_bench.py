@@ -31,6 +31,7 @@ from ingester.connection import connect
 from ingester.embedded import EmbeddedRedis
 from ingester.keys import Keys
 from ingester.neardup import NearDupIndex, signature
+from ingester.poll import QUEUE_NEW
 from ingester.publish import Publisher
 from ingester.record import Article, Entry
 from ingester.schedule import FeedSource, Schedule, feed_id
@@ -41,18 +42,6 @@ RETENTION = 30 * 86400
 GROUP = "articles"
 BATCH = 200
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-# The poller's queueing script (ingester/poll.py): seen marks and the entries stream in one step.
-_QUEUE_NEW = """
-local added = 0
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', tonumber(ARGV[1])) then
-    redis.call('XADD', KEYS[1], '*', 'data', ARGV[i])
-    added = added + 1
-  end
-end
-return added
-"""
 
 
 def sentences() -> list[str]:
@@ -111,7 +100,7 @@ async def usage_by_kind(redis: aioredis.Redis, keys: Keys) -> dict[str, int]:
 
 async def bench_articles(redis: aioredis.Redis, keys: Keys, count: int, topic_share: float) -> None:
     pool, rng = sentences(), random.Random(1)
-    queue = redis.register_script(_QUEUE_NEW)
+    queue = redis.register_script(QUEUE_NEW)  # the poller's: seen marks and entries in one step
     near = NearDupIndex(redis, keys, retention=RETENTION)
     publisher = Publisher(redis, keys, retention=RETENTION, near=near)
     consumer = Consumer(redis, [keys.entries], GROUP, "bench", dead_stream=keys.dead, stage="articles",

@@ -30,7 +30,7 @@ BUSY_RETRY = 5.0  # seconds, when the host's politeness slots stayed taken
 NEW_ITEMS_PER_POLL = 0.5  # aim: a new item every other poll, so news waits ~half an item gap
 
 # Queue entries not seen before; the seen marks and the stream write are one atomic step.
-_QUEUE_NEW = """
+QUEUE_NEW = """
 local added = 0
 for i = 2, #KEYS do
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', tonumber(ARGV[1])) then
@@ -97,7 +97,7 @@ class Poller:
         self.parser = parser
         self.schedule = schedule
         self.gate = gate
-        self._queue_new = redis.register_script(_QUEUE_NEW)
+        self._queue_new = redis.register_script(QUEUE_NEW)
 
     async def poll(self, fid: str) -> PollResult:
         state = await self.redis.hgetall(self.keys.feed(fid))
