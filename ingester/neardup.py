@@ -131,7 +131,8 @@ def signature(text: str) -> bytes | None:
     tokens = words(text)
     if len(tokens) < MIN_WORDS:
         return None
-    shingles = {" ".join(tokens[i:i + SHINGLE]).encode() for i in range(len(tokens) - SHINGLE + 1)}
+    runs = zip(*(tokens[i:] for i in range(SHINGLE)), strict=False)  # every SHINGLE consecutive words
+    shingles = [s.encode() for s in set(map(" ".join, runs))]
     minhash = MinHash(num_perm=N_PERM, hashfunc=zlib.crc32, permutations=_PERMUTATIONS, scheme="affine32")
     minhash.update_batch(shingles)
     values: np.ndarray = minhash.hashvalues & 0xFFFF

@@ -28,25 +28,27 @@ class QueryError(ValueError):
 
 # --- tokenizer -------------------------------------------------------------------------------------------
 
-class _StripMarks(dict[int, int | None]):
-    """A str.translate table that drops combining marks, filled lazily so translate stays in C."""
+class _Folded(dict[int, str]):
+    """A str.translate table from each character to its folded form, filled lazily so translate stays in C.
 
-    def __missing__(self, codepoint: int) -> int | None:
-        value = None if unicodedata.combining(chr(codepoint)) else codepoint
-        self[codepoint] = value
+    Folding character by character equals folding the whole text: case folding and NFKD decomposition
+    work per character, and the only characters NFKD reorders are the combining marks dropped here.
+    """
+
+    def __missing__(self, codepoint: int) -> str:
+        decomposed = unicodedata.normalize("NFKD", chr(codepoint).casefold())
+        value = "".join(c for c in decomposed if not unicodedata.combining(c))
+        value = self[codepoint] = value.casefold()  # NFKD can expose compatibility capitals (ℌ -> H)
         return value
 
 
-_STRIP_MARKS = _StripMarks()
+_FOLDED = _Folded()
 _ALNUM_RUN = re.compile(r"[^\W_]+")  # \w is exactly str.isalnum() plus "_", so this is runs of isalnum
 
 
 def fold(text: str) -> str:
     """Case-fold, NFKD-decompose and drop combining marks (Zürich -> zurich)."""
-    if text.isascii():
-        return text.lower()
-    folded = unicodedata.normalize("NFKD", text.casefold()).translate(_STRIP_MARKS)
-    return folded.casefold()  # NFKD can expose compatibility capitals (ℌ -> H)
+    return text.lower() if text.isascii() else text.translate(_FOLDED)
 
 
 def tokenize(text: str) -> list[str]:

@@ -32,7 +32,7 @@ class Entry:
     authors: list[str] = field(default_factory=list)
 
     def dumps(self) -> str:
-        return orjson.dumps(dataclasses.asdict(self)).decode()
+        return orjson.dumps(self).decode()  # orjson serialises dataclasses field by field, natively
 
     @classmethod
     def loads(cls, data: str | bytes) -> Entry:
@@ -69,7 +69,7 @@ class Article:
         return dataclasses.asdict(self)
 
     def dumps(self) -> str:
-        return orjson.dumps(self.as_dict()).decode()
+        return orjson.dumps(self).decode()
 
     @classmethod
     def loads(cls, data: str | bytes) -> Article:

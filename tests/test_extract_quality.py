@@ -17,11 +17,13 @@ import lxml.html  # type: ignore[import-untyped, unused-ignore]
 import trafilatura
 import trafilatura.utils
 from conftest import shared_path
+from trafilatura.metadata import extract_author
 
 from ingester.extract import (
     COMPARE_BELOW,
     Extractor,
     _body_text,
+    _byline,
     _main_text,
     extract_sync,
     use_plain_html_elements,
@@ -108,3 +110,16 @@ def test_plain_element_lookup_gives_the_same_results() -> None:
     finally:
         trafilatura.utils.HTML_PARSER.set_element_class_lookup(lxml.html.HtmlElementClassLookup())
     assert sum(result is not None for result in default) > len(pages) * 0.9
+
+
+def test_byline_search_gives_trafilaturas_result() -> None:
+    """_byline skips trafilatura's copy of the tree only where no byline selector matches at all."""
+    sample = load_sample(shared_path("pages", "trafilatura-eval"))
+    pages = [trafilatura.load_html(html) for html, _, _ in sample]
+    found = [_byline(tree) for tree in pages]
+    assert found == [extract_author(tree) for tree in pages]
+    assert 0 < sum(author is not None for author in found) < len(pages)
+    # a byline only inside a region trafilatura discards (comments) is not the author's
+    inside = trafilatura.load_html("<html><body><div class='comments'><span class='author'>A Reader</span>"
+                                   "</div><p>Text of the article.</p></body></html>")
+    assert _byline(inside) is None is extract_author(inside)

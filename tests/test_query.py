@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
+import unicodedata
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +23,7 @@ from ingester.query import (
     Prefix,
     QueryError,
     Term,
+    fold,
     parse,
     tokenize,
 )
@@ -41,6 +44,23 @@ def test_tokenize_splits_on_every_non_alphanumeric_character() -> None:
 
 def test_tokenize_keeps_non_latin_letters_and_digits() -> None:
     assert tokenize("Київ 東京 ٣") == ["киів", "東京", "٣"]
+
+
+def _fold_whole(text: str) -> str:
+    """The definition: NFKD of the case-folded text, combining marks dropped, case-folded again."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def test_folding_each_character_equals_folding_the_whole_text() -> None:
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    assert fold(every) == _fold_whole(every)
+    assert fold("Zu\u0308rich") == "zurich"  # a combining mark after its letter, not precomposed
+
+
+@given(st.text())
+def test_folding_text_equals_the_definition(text: str) -> None:
+    assert fold(text) == (text.lower() if text.isascii() else _fold_whole(text))
 
 
 @given(st.text())
