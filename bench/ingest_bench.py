@@ -12,8 +12,9 @@ redis-server of its own. Prints, in one run:
 1. articles/s end to end (scheduler start, the first poll tick, to last article), and steady state (first
    to last article, which leaves out the pools' start-up and warm-up); the ratios use steady state;
 2. the ceiling = os.cpu_count() / median single-core time of trafilatura.bare_extraction(html,
-   with_metadata=True) on the same pages' decoded text, and the ratio; also the bound the mean time gives
-   (the pages' times are skewed: mean ~1.5 x median);
+   with_metadata=True) on the same pages' decoded text, and the ratio; each page is timed before and after
+   the ingest and the two averaged, so a drift of the machine's speed during the run cancels out; also
+   the bound the mean time gives (the pages' times are skewed: mean ~1.5 x median);
 3. the daemon's Extractor alone on the same pages (in memory, nothing else running): how much of the
    ceiling extraction itself reaches, and how much of that the pipeline around it keeps;
 4. a naive sequential loop in this process (feedparser -> httpx -> bare_extraction, one page at a time),
@@ -419,8 +420,20 @@ def print_profile(profiler: cProfile.Profile) -> None:
     print(out.getvalue())
 
 
-def report(run: Ingest, times: list[float], alone: float, base: float, base_pages: int, cpus: int,
+@dataclass
+class Timings:
+    """Each page's single-core bare_extraction time, measured before and after the ingest."""
+
+    before: list[float]
+    after: list[float]
+
+    def per_page(self) -> list[float]:
+        return [(a + b) / 2 for a, b in zip(self.before, self.after, strict=True)]
+
+
+def report(run: Ingest, timings: Timings, alone: float, base: float, base_pages: int, cpus: int,
            load: str) -> None:
+    times = timings.per_page()
     median, mean = statistics.median(times), statistics.mean(times)
     ceiling = cpus / median
     print(f"pages={run.entries} cpus={cpus} load before: {load}")
@@ -433,7 +446,8 @@ def report(run: Ingest, times: list[float], alone: float, base: float, base_page
     print(f"end to end:   {run.end_to_end:6.2f} articles/s  (scheduler start to last article)")
     print(f"steady state: {run.steady:6.2f} articles/s  (first to last article; excludes pool warm-up)")
     print(f"ceiling:      {ceiling:6.2f} articles/s  ({cpus} cpus / median bare_extraction "
-          f"{median * 1000:.1f} ms)")
+          f"{median * 1000:.1f} ms; {statistics.median(timings.before) * 1000:.1f} ms before the ingest, "
+          f"{statistics.median(timings.after) * 1000:.1f} ms after)")
     print(f"ratio steady/ceiling: {run.steady / ceiling:.3f}   (end-to-end/ceiling "
           f"{run.end_to_end / ceiling:.3f}; target >= 0.9)")
     print(f"(mean bare_extraction {mean * 1000:.1f} ms: with every core extracting and nothing else, "
@@ -469,6 +483,8 @@ def main() -> None:
     feeds = [feed_url(port, opts.hosts, k) for k in range(opts.feeds)]
     profiler = cProfile.Profile(time.process_time) if opts.profile else None  # CPU, not waits
     try:
+        quiet()
+        before = extraction_times(files)  # the ceiling's timings, before and after the ingest
         with tempfile.TemporaryDirectory() as tmp:
             redis_server = EmbeddedRedis(Path(tmp), persist=False, tcp=True)
             redis_url = redis_server.start()
@@ -479,8 +495,7 @@ def main() -> None:
             finally:
                 redis_server.stop()
         alone = asyncio.run(extraction_alone(files, page_metas(files)))
-        quiet()
-        times = extraction_times(files)
+        times = Timings(before, extraction_times(files))
         base, base_pages = naive(feeds)
     finally:
         server.terminate()
