@@ -163,7 +163,7 @@ def _feeds_import(args: argparse.Namespace) -> int:
             task = bar.add_task(f"importing {args.file.name}", total=len(feeds))
             for start in range(0, len(feeds), 500):  # one pipeline per 500 feeds
                 chunk = feeds[start:start + 500]
-                added += await schedule.add(chunk, origin="import")
+                added += await schedule.add(chunk, origin="import", replace=False)
                 bar.advance(task, len(chunk))
         print(f"{added} new feeds of {len(feeds)} in {args.file}")
         return 0

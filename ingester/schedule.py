@@ -54,21 +54,31 @@ class Schedule:
         self._claim = redis.register_script(_CLAIM)
         self._reschedule = redis.register_script(_RESCHEDULE)
 
-    async def add(self, feeds: Iterable[FeedSource], *, origin: str) -> int:
-        """Register feeds (new ones are due at once); returns how many were new."""
+    async def add(self, feeds: Iterable[FeedSource], *, origin: str, replace: bool = True) -> int:
+        """Register feeds (new ones are due at once); returns how many were new.
+
+        replace=False (an import) leaves the settings of feeds already registered as they are: a feed
+        the configuration declares keeps its origin and fixed interval.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
+            news = []
             for feed in feeds:
                 fid = feed_id(feed.url)
+                news.append(len(pipe))
                 pipe.hsetnx(self.keys.feeds, fid, feed.url)
                 fields = {"url": feed.url, "origin": origin, "fixed_interval": feed.interval or ""}
                 if feed.title:
                     fields["title"] = feed.title
                 if feed.category:
                     fields["category"] = feed.category
-                pipe.hset(self.keys.feed(fid), mapping=fields)
+                if replace:
+                    pipe.hset(self.keys.feed(fid), mapping=fields)
+                else:
+                    for name, value in fields.items():
+                        pipe.hsetnx(self.keys.feed(fid), name, value)
                 pipe.zadd(self.keys.schedule, {fid: 0}, nx=True)
             results = await pipe.execute()
-        return sum(1 for r in results[0::3] if r)
+        return sum(1 for i in news if results[i])
 
     async def sync(self, feeds: Iterable[FeedSource], *, origin: str = "config") -> tuple[int, int]:
         """Make the feeds of `origin` exactly `feeds` (config reload); feeds imported by hand stay."""

@@ -89,6 +89,22 @@ async def test_sync_removes_only_its_own_origin(schedule: Schedule, redis: aiore
     assert set(await schedule.feeds()) == ids("imported")  # ...but not the imported one
 
 
+async def test_import_leaves_registered_feeds_as_they_are(schedule: Schedule, redis: aioredis.Redis,
+                                                          keys: Keys) -> None:
+    await schedule.add(sources("a", interval=300.0), origin="config")
+    await schedule.add([FeedSource("https://b.example/feed.xml", title="B")], origin="import")
+    opml = [FeedSource("https://a.example/feed.xml", title="A"), FeedSource("https://b.example/feed.xml",
+            title="B renamed"), FeedSource("https://c.example/feed.xml", title="C")]
+    assert await schedule.add(opml, origin="import", replace=False) == 1
+    declared = await redis.hgetall(keys.feed(feed_id("https://a.example/feed.xml")))
+    assert (declared["origin"], declared["fixed_interval"]) == ("config", "300.0")
+    assert (await redis.hgetall(keys.feed(feed_id("https://b.example/feed.xml"))))["title"] == "B"
+    new = await redis.hgetall(keys.feed(feed_id("https://c.example/feed.xml")))
+    assert (new["origin"], new["title"], new["fixed_interval"]) == ("import", "C", "")
+    assert await schedule.sync([]) == (0, 1)  # the config feed is still the config's to remove
+    assert set(await schedule.feeds()) == ids("b", "c")
+
+
 async def test_removed_feed_stays_removed_after_reschedule(schedule: Schedule, redis: aioredis.Redis,
                                                            keys: Keys) -> None:
     await schedule.add(sources("a", "b"), origin="config")
