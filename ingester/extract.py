@@ -20,7 +20,7 @@ import resource
 from contextlib import suppress
 from copy import copy, deepcopy
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from urllib.parse import urljoin
 
 import lxml.etree  # type: ignore[import-untyped, unused-ignore]
@@ -37,7 +37,7 @@ from trafilatura.xpaths import AUTHOR_DISCARD_XPATHS, AUTHOR_XPATHS
 
 from ingester.neardup import signature
 from ingester.pool import TaskFailed, TaskTimeout, WorkerPool
-from ingester.record import utc_iso
+from ingester.record import published_iso
 from ingester.safehttp import decode_html
 
 MAX_HTML_CHARS = 5_000_000  # longer pages are cut here; lxml recovers from the truncated markup
@@ -217,20 +217,15 @@ def _timestamp(value: str | None) -> str | None:
     if not value or "T" not in value:
         return None
     try:
-        moment = datetime.fromisoformat(value.strip())
+        return published_iso(datetime.fromisoformat(value.strip()))
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if not datetime(1990, 1, 1, tzinfo=UTC) <= moment <= datetime.now(UTC) + timedelta(days=1):
-        return None
-    return utc_iso(moment)
 
 
 def _day_iso(value: str | None) -> str | None:
     """trafilatura's date (YYYY-MM-DD, from htmldate) as midnight UTC."""
     try:
-        return utc_iso(datetime.strptime(value or "", "%Y-%m-%d").replace(tzinfo=UTC))
+        return published_iso(datetime.strptime(value or "", "%Y-%m-%d"))
     except ValueError:
         return None
 

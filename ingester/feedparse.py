@@ -21,7 +21,7 @@ import orjson
 from courlan import normalize_url
 from feedparser.datetimes import _parse_date as feedparser_date  # its tolerant multi-format date parser
 
-from ingester.record import Entry, utc_iso
+from ingester.record import Entry, published_iso
 
 _UPDATE_PERIODS = {"hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0, "monthly": 2592000.0,
                    "yearly": 31536000.0}
@@ -235,7 +235,7 @@ def _struct_iso(value: time.struct_time | None) -> str | None:
     if not value:
         return None
     try:
-        return utc_iso(datetime(*value[:6], tzinfo=UTC))
+        return published_iso(datetime(*value[:6], tzinfo=UTC))
     except (ValueError, TypeError, OverflowError):
         return None
 
@@ -338,12 +338,7 @@ def _date_iso(value: object) -> str | None:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         return _struct_iso(feedparser_date(value.strip()))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return utc_iso(moment)
-    except (ValueError, OverflowError):
-        return None
+    return published_iso(moment)
 
 
 # --- sitemaps --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 
 from ingester import logs, metrics
 from ingester.config import Config
@@ -24,7 +25,6 @@ from ingester.schedule import Schedule, feed_id, jittered
 
 log = structlog.get_logger("ingester.poll")
 
-FEED_MAX_BYTES = 8 * 1024 * 1024
 RATE_SMOOTHING = 0.3  # weight of the latest poll in the items-per-second average
 BUSY_RETRY = 5.0  # seconds, when the host's politeness slots stayed taken
 NEW_ITEMS_PER_POLL = 0.5  # aim: a new item every other poll, so news waits ~half an item gap
@@ -105,7 +105,13 @@ class Poller:
             return PollResult("removed", 0, 0)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(feed=state["url"], host=logs.url_host(state["url"])):
-            result = await self._poll(state)  # its lines, and safehttp's, name the feed
+            try:
+                result = await self._poll(state)  # its lines, and safehttp's, name the feed
+            except RedisError:
+                raise  # not the feed's fault: the poll worker logs it and the lease brings the feed back
+            except Exception as exc:  # a bug met on this feed: count it against the feed, back off
+                log.exception("feed poll crashed", error=repr(exc))
+                result = await self._failed(state, "error", repr(exc))
         metrics.POLL_SECONDS.observe(time.monotonic() - started)
         metrics.FEED_POLLS.labels(outcome=result.outcome).inc()
         await self.schedule.reschedule(fid, result.delay)
@@ -114,7 +120,7 @@ class Poller:
     async def _poll(self, state: dict[str, str]) -> PollResult:
         url = state["url"]
         try:
-            response = await self.client.get(url, self._validators(state), max_bytes=FEED_MAX_BYTES)
+            response = await self.client.get(url, self._validators(state))  # network.max_bytes
         except GateBusy:  # nothing was sent: the host is just busy with other feeds
             return PollResult("busy", 0, jittered(BUSY_RETRY))
         except FetchError as exc:

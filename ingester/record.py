@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -12,10 +12,27 @@ import orjson
 SCHEMA_VERSION = 1
 
 
+EARLIEST_PUBLISHED = datetime(1990, 1, 1, tzinfo=UTC)  # before the web: a placeholder, not a date
+
+
 def utc_iso(moment: datetime | None = None) -> str:
-    """ISO 8601 UTC with a Z, to the second: 2025-03-15T10:04:05Z."""
+    """ISO 8601 UTC with a Z, to the second: 2025-03-15T10:04:05Z (a four-digit year, always)."""
     moment = (moment or datetime.now(UTC)).astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+
+
+def published_iso(moment: datetime) -> str | None:
+    """A publication date as utc_iso, or None where it cannot be one: before EARLIEST_PUBLISHED (Hugo's
+    0001-01-01 placeholder, Unix epoch zero) or more than a day ahead of now (a wrong time zone or a
+    scheduled event); a naive moment is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        if EARLIEST_PUBLISHED <= moment <= datetime.now(UTC) + timedelta(days=1):
+            return utc_iso(moment)
+    except (ValueError, OverflowError):  # out of range once converted to UTC
+        pass
+    return None
 
 
 @dataclass

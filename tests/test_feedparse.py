@@ -84,7 +84,7 @@ def test_rss20_content_encoded_creators_and_links() -> None:
     assert permalink.link == "https://news.example.com/world/3"
     assert permalink.authors == ["News Desk"]
     assert (mailto.link, mailto.guid) == ("", "story-5")
-    assert future.published_at == "2100-01-01T00:00:00Z"  # kept as given
+    assert future.published_at is None  # over a day ahead: not a publication date
 
 
 def test_atom10_xml_base_resolves_entry_links() -> None:
@@ -129,6 +129,33 @@ def test_json_feed_10_by_content_type_with_leading_space() -> None:
     (entry,) = parse_feed(body, "https://json.example.com/feed.json", "application/feed+json").entries
     assert entry.authors == ["Solo Writer"]
     assert entry.published_at == "2025-03-15T10:04:05Z"  # naive: taken as UTC
+
+
+PLACEHOLDER_DATES = {  # what publishers put where they have no date, or a wrong one
+    "hugo": ("Mon, 01 Jan 0001 00:00:00 +0000", "0001-01-01T00:00:00Z"),
+    "epoch": ("Thu, 01 Jan 1970 00:00:00 +0000", "1970-01-01T00:00:00Z"),
+    "future": ("Fri, 01 Jan 2100 00:00:00 +0000", "2100-01-01T00:00:00Z"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLACEHOLDER_DATES))
+def test_placeholder_and_impossible_dates_are_no_date(kind: str) -> None:
+    """Hugo's zero date once came out as "1-01-01T00:00:00Z", breaking the record schema and the poll."""
+    rfc822, iso = PLACEHOLDER_DATES[kind]
+    rss = (f"<rss version='2.0'><channel><title>T</title><item><title>About</title>"
+           f"<link>https://site.example/about</link><pubDate>{rfc822}</pubDate></item><item><title>News</title>"
+           f"<link>https://site.example/news</link><pubDate>Tue, 10 Jun 2025 08:00:00 +0200</pubDate>"
+           f"</item></channel></rss>").encode()
+    atom = (f"<feed xmlns='http://www.w3.org/2005/Atom'><title>T</title><entry><title>About</title>"
+            f"<link href='https://site.example/about'/><id>about</id><updated>{iso}</updated></entry>"
+            f"</feed>").encode()
+    json_feed = orjson.dumps({"version": "https://jsonfeed.org/version/1.1", "title": "T", "items": [
+        {"id": "about", "url": "https://site.example/about", "date_published": iso}]})
+    about, news = parse_feed(rss, "https://site.example/rss").entries
+    assert (about.published_at, news.published_at) == (None, "2025-06-10T06:00:00Z")
+    assert parse_feed(atom, "https://site.example/atom").entries[0].published_at is None
+    assert parse_feed(json_feed, "https://site.example/feed.json",
+                      "application/feed+json").entries[0].published_at is None
 
 
 def test_google_news_sitemap() -> None:

@@ -185,6 +185,20 @@ async def test_failures_back_off_but_never_give_up(env, httpserver, redis, keys)
     assert (await redis.hgetall(keys.feed(fid)))["failures"] == "0"
 
 
+async def test_a_feed_over_network_max_bytes_is_refused(redis, keys, parser, httpserver):  # type: ignore[no-untyped-def]
+    config = from_dict({"network": {"allow_private": ["127.0.0.0/8"], "host_min_gap": 0, "max_bytes": 4096}})
+    small, large = rss("a"), rss(*(f"item-{i}" for i in range(100)))
+    assert len(small) < 4096 < len(large)
+    httpserver.expect_request("/small").respond_with_data(small, content_type="application/rss+xml")
+    httpserver.expect_request("/large").respond_with_data(large, content_type="application/rss+xml")
+    schedule = Schedule(redis, keys, lease=30)
+    async with SafeClient(config.network) as client:
+        poller = Poller(redis, keys, config, client, parser, schedule)
+        fitting = await poller.poll(await register(schedule, httpserver.url_for("/small")))
+        over = await poller.poll(await register(schedule, httpserver.url_for("/large")))
+    assert (fitting.outcome, over.outcome) == ("200", "too_large")
+
+
 async def test_unreachable_and_broken_feeds_are_errors_not_crashes(env, httpserver):  # type: ignore[no-untyped-def]
     poller, schedule = env
     httpserver.expect_request("/html").respond_with_data("<html><body>not a feed</body></html>",
@@ -238,6 +252,42 @@ async def test_busy_feed_is_polled_more_often_than_a_quiet_one(env, httpserver, 
         busy_delay = (await poller.poll(busy_id)).delay
         quiet_delay = (await poller.poll(quiet_id)).delay
     assert busy_delay < quiet_delay
+
+
+async def test_a_feed_with_placeholder_dates_is_polled_and_recorded(env, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+    """Hugo's 0001-01-01 made every poll of such a feed crash before its state was saved."""
+    poller, schedule = env
+    dates = [("about", "Mon, 01 Jan 0001 00:00:00 +0000"), ("a", "Tue, 10 Jun 2025 08:00:00 GMT"),
+             ("b", "Tue, 10 Jun 2025 09:00:00 GMT"), ("c", "Tue, 10 Jun 2025 10:00:00 GMT")]
+    items = "".join(f"<item><title>{n}</title><link>http://news.example/{n}</link><pubDate>{d}</pubDate></item>"
+                    for n, d in dates)
+    httpserver.expect_request("/hugo").respond_with_data(
+        f"<rss version='2.0'><channel><title>Hugo</title>{items}</channel></rss>",
+        content_type="application/rss+xml", headers={"ETag": '"h1"'})
+    fid = await register(schedule, httpserver.url_for("/hugo"))
+    assert (await poller.poll(fid)).outcome == "200"
+    assert (await redis.hgetall(keys.feed(fid)))["etag"] == '"h1"'
+    published = {e.title: e.published_at for e in await queued(redis, keys)}
+    assert published == {"about": None, "a": "2025-06-10T08:00:00Z", "b": "2025-06-10T09:00:00Z",
+                     "c": "2025-06-10T10:00:00Z"}
+
+
+async def test_an_unexpected_error_on_a_feed_counts_against_it(env, httpserver, redis, keys, monkeypatch):  # type: ignore[no-untyped-def]
+    """A bug met on one feed is logged and recorded on that feed (ingester stats shows it), and the feed
+    backs off and is polled again, instead of being downloaded in full at every tick."""
+    poller, schedule = env
+
+    def broken(*_: object) -> float:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr("ingester.poll.initial_rate", broken)
+    httpserver.expect_request("/feed").respond_with_data(rss("a"), content_type="text/xml")
+    fid = await register(schedule, httpserver.url_for("/feed"))
+    result = await poller.poll(fid)
+    state = await redis.hgetall(keys.feed(fid))
+    assert result.outcome == "error" and result.delay > 0
+    assert state["failures"] == "1" and "a bug" in state["last_error"]
+    assert await redis.zscore(keys.schedule, fid) is not None
 
 
 def test_initial_rate_uses_publication_dates() -> None:
