@@ -6,12 +6,15 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+MAX_CONNECTIONS = 100  # per client (per node on a Cluster); the daemon sizes its own from its concurrency
+POOL_WAIT = 30.0  # seconds a command waits for a free connection before failing
 
 
 def _retry() -> dict[str, Any]:
@@ -52,20 +55,25 @@ def namespace_problem(url: str | None, namespace: str) -> str | None:
     return None
 
 
-def connect(url: str, *, retry: bool = True, namespace: str | None = None) -> aioredis.Redis:
-    """A client with retries.
+def connect(url: str, *, retry: bool = True, namespace: str | None = None,
+            max_connections: int = MAX_CONNECTIONS) -> aioredis.Redis:
+    """A client with retries, and at most `max_connections` connections.
 
     `redis+sentinel://[:pw@]host:port[,host:port]/master[/db]` for Sentinel,
     `redis+cluster://[[user]:pw@]host:port[,host:port][/?option=value]` (or `rediss+cluster://`) for
     Redis Cluster; with a `namespace`, a Cluster URL is refused unless the namespace is a hash tag.
+    On a plain URL a command waits (up to POOL_WAIT) for a free connection when all are busy; the
+    Sentinel and Cluster pools of redis-py have no such wait and fail at once.
     """
     if namespace is not None and (problem := namespace_problem(url, namespace)):
         raise ValueError(problem)
     if url.startswith("redis+sentinel://"):
-        return _sentinel(url)
+        return _sentinel(url, max_connections)
     if is_cluster(url):
-        return _cluster(url, retry)
-    return aioredis.Redis.from_url(url, decode_responses=True, **(_retry() if retry else {}))
+        return _cluster(url, retry, max_connections)
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_WAIT,
+                                           decode_responses=True, **(_retry() if retry else {}))
+    return aioredis.Redis.from_pool(pool)
 
 
 def _nodes(hosts: str, default_port: int) -> list[tuple[str, int]]:
@@ -76,7 +84,7 @@ def _nodes(hosts: str, default_port: int) -> list[tuple[str, int]]:
     return nodes
 
 
-def _sentinel(url: str) -> aioredis.Redis:
+def _sentinel(url: str, max_connections: int) -> aioredis.Redis:
     from redis.asyncio.sentinel import Sentinel
 
     parts = urlsplit(url)
@@ -88,11 +96,12 @@ def _sentinel(url: str) -> aioredis.Redis:
     db = int(path[1]) if len(path) > 1 else 0
     sentinel = Sentinel(nodes, sentinel_kwargs={"password": password} if password else None)
     client: aioredis.Redis = sentinel.master_for(path[0], password=password, db=db,
+                                                 max_connections=max_connections,
                                                  decode_responses=True, **_retry())
     return client
 
 
-def _cluster(url: str, retry: bool) -> aioredis.Redis:
+def _cluster(url: str, retry: bool, max_connections: int) -> aioredis.Redis:
     """A RedisCluster seeded with every listed node (any one that answers is enough).
 
     Typed as Redis: it offers the commands the daemon uses, routed by key slot.
@@ -110,5 +119,6 @@ def _cluster(url: str, retry: bool) -> aioredis.Redis:
     # RedisCluster.from_url parses credentials, TLS and ?options; the other nodes are extra seeds.
     single = urlunsplit((scheme, f"{userinfo}@{first}" if userinfo else first, "", parts.query, ""))
     client = RedisCluster.from_url(single, startup_nodes=[ClusterNode(h, p) for h, p in nodes[1:]],
-                                   decode_responses=True, **(_retry() if retry else {}))
+                                   max_connections=max_connections, decode_responses=True,
+                                   **(_retry() if retry else {}))
     return cast(aioredis.Redis, client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from ingester.config import from_dict
 from ingester.connection import connect, safe_url
 from ingester.embedded import EmbeddedRedis, find_server_binary, free_port
+from workers.daemon import open_redis
 
 
 def spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
@@ -88,3 +91,36 @@ def test_passwords_never_shown() -> None:
     assert safe_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert safe_url("redis://user:s3cret@host/0") == "redis://user:***@host/0"
     assert safe_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+async def test_more_commands_in_flight_than_connections_wait_for_one(redis_url: str, namespace: str) -> None:
+    """redis-py 8's default pool fails at once when every connection is busy (MaxConnectionsError,
+    seen with 230 feeds due together); ours makes the command wait for a free connection."""
+    client, admin = connect(redis_url, max_connections=2), connect(redis_url)
+    key = f"{namespace}:never-pushed"
+    busy: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            clients = await admin.client_list()
+            busy.append(sum(1 for c in clients if c.get("cmd") == "blpop"))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        replies = await asyncio.gather(*(client.blpop([key], timeout=0.1) for _ in range(12)))
+    finally:
+        watcher.cancel()
+        await client.aclose()
+        await admin.aclose()
+    assert replies == [None] * 12
+    assert 1 <= max(busy) <= 2
+
+
+async def test_the_daemon_has_a_connection_for_everything_it_runs_at_once(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every poll and article in flight may send a command at the same instant."""
+    monkeypatch.setenv("INGESTER_REDIS_URL", redis_url)
+    config = from_dict({"polling": {"concurrency": 150}, "articles": {"concurrency": 20}})
+    async with open_redis(config) as client:
+        assert client.connection_pool.max_connections >= 150 + 20

@@ -42,6 +42,7 @@ from workers.poller import TICK_SECONDS, PollWorker
 
 log = structlog.get_logger("ingester.daemon")
 
+SPARE_REDIS_CONNECTIONS = 50  # readers, alert senders, maintenance, health, slots being released
 HEALTH_STALE_AFTER = 30.0  # /healthz fails when the scheduler has not ticked (every 0.5 s) for this long
 
 
@@ -56,6 +57,12 @@ def feed_sources(config: Config) -> list[FeedSource]:
 
 def embedded_data_dir(config: Config) -> Path:
     return Path(config.redis.data_dir).expanduser() if config.redis.data_dir else default_data_dir()
+
+
+def redis_connections(config: Config) -> int:
+    """Enough Redis connections for every poll and article in flight at once, plus the stream readers,
+    alert senders, maintenance and health checks (past that, a command waits for a free one)."""
+    return config.polling.concurrency + config.articles.concurrency + SPARE_REDIS_CONNECTIONS
 
 
 @contextlib.asynccontextmanager
@@ -76,7 +83,7 @@ async def open_redis(config: Config, *, attach: bool = False) -> AsyncIterator[a
             if not (attach and busy.url):
                 raise
             url, embedded = busy.url, None
-    client = connect(url, namespace=config.redis.namespace)
+    client = connect(url, namespace=config.redis.namespace, max_connections=redis_connections(config))
     try:
         await client.ping()
         log.info("redis connected", url=safe_url(url))
