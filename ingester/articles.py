@@ -25,7 +25,6 @@ from ingester.topics import Doc, TopicSet
 
 log = structlog.get_logger("ingester.articles")
 
-PAGE_MAX_BYTES = 5 * 1024 * 1024
 _HTML_TYPES = ("text/html", "application/xhtml+xml", "")
 
 
@@ -67,7 +66,7 @@ class ArticleStage:
     async def _page(self, entry: Entry) -> Page:
         """Fetch and extract the page; a page that cannot be had leaves the feed's own content."""
         try:
-            response = await self.client.get(entry.link, max_bytes=PAGE_MAX_BYTES)
+            response = await self.client.get(entry.link)  # network.max_bytes
         except FetchError as exc:
             log.info("page fetch failed", url=entry.link, kind=exc.kind, reason=exc.reason)
             return Page(entry.link, None)

@@ -345,8 +345,10 @@ class SafeClient:
                  pools: int = 4, connections_per_pool: int = 10) -> None:
         self.network = network
         self._gate = gate
-        limits = httpx.Limits(max_connections=connections_per_pool,
-                              max_keepalive_connections=connections_per_pool)
+        # One host keeps to one pool: it must hold every request the host gate lets through at once,
+        # or the rest would queue inside httpx and run out their deadline there.
+        size = max(connections_per_pool, network.host_concurrency)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         ssl_context = httpx.create_ssl_context(trust_env=False)  # certifi's roots, made once
         resolver = _Resolver()
         self._transports = [_GuardedTransport(network.allow_private, limits, ssl_context, resolver)

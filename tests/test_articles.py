@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -56,9 +57,10 @@ def page(title: str, paragraphs: list[str], head: str = "") -> str:
             f"<footer>Copyright Example News</footer></body></html>")
 
 
-def make_config(**articles: object) -> Config:
+def make_config(max_bytes: int = 10 * 1024 * 1024, **articles: object) -> Config:
     return from_dict({
-        "network": {"allow_private": ["127.0.0.0/8"], "host_min_gap": 0, "timeout": 10},
+        "network": {"allow_private": ["127.0.0.0/8"], "host_min_gap": 0, "timeout": 10,
+                    "max_bytes": max_bytes},
         "articles": {"reclaim_idle": "200ms", "max_attempts": 2, **articles},
         "topics": [{"name": "ceasefire", "query": "(ceasefire OR truce) AND (Ukraine OR Russia)"}],
     })
@@ -75,13 +77,20 @@ def pools() -> Iterator[tuple[Extractor, WorkerPool]]:
 
 @pytest.fixture
 async def stage(redis, keys: Keys, pools) -> AsyncIterator[ArticleStage]:  # type: ignore[no-untyped-def]
-    config = make_config()
+    async with make_stage(make_config(), redis, keys, pools) as built:
+        yield built
+
+
+@contextlib.asynccontextmanager
+async def make_stage(config: Config, redis, keys: Keys, pools) -> AsyncIterator[ArticleStage]:  # type: ignore[no-untyped-def]
     extractor, hasher = pools
     client = SafeClient(config.network)
     near = NearDupIndex(redis, keys, retention=config.articles.dedup_retention)
     publisher = Publisher(redis, keys, retention=config.articles.dedup_retention, near=near)
-    yield ArticleStage(config, client, extractor, hasher, publisher, TopicSet(config.topics))
-    await client.aclose()
+    try:
+        yield ArticleStage(config, client, extractor, hasher, publisher, TopicSet(config.topics))
+    finally:
+        await client.aclose()
 
 
 async def articles(redis, keys: Keys, stream: str | None = None) -> list[Article]:  # type: ignore[no-untyped-def]
@@ -146,6 +155,22 @@ async def test_fallback_to_feed_content_when_the_page_fails_or_is_thin(stage, ht
     assert "thirty-day truce" in thin.text
     for record in (gone, thin):
         jsonschema.validate(record.as_dict(), SCHEMA)
+
+
+async def test_a_page_over_network_max_bytes_falls_back_to_the_feed(  # type: ignore[no-untyped-def]
+        redis, keys, pools, httpserver):
+    small = page("Small", STORY)
+    large = page("Large", STORY + ["Filler paragraph that makes the page too long. " * 40] * 10)
+    assert len(small) < 8192 < len(large)
+    httpserver.expect_request("/small").respond_with_data(small, content_type="text/html")
+    httpserver.expect_request("/large").respond_with_data(large, content_type="text/html")
+    content = "<p>" + " ".join(STORY) + "</p>"
+    async with make_stage(make_config(max_bytes=8192), redis, keys, pools) as capped:
+        await capped.process(entry(httpserver.url_for("/small"), content=content))
+        await capped.process(entry(httpserver.url_for("/large"), content=content))
+    fitting, over = await articles(redis, keys)
+    assert (fitting.extraction, over.extraction) == ("trafilatura", "feed")
+    assert "thirty-day truce" in over.text
 
 
 async def test_syndicated_copy_clusters_with_the_first_and_other_stories_do_not(  # type: ignore[no-untyped-def]

@@ -560,3 +560,24 @@ def test_response_text_uses_headers() -> None:
     response = Response("http://a/", 200, httpx.Headers({"content-type": "text/html; charset=cp1252"}),
                         "€".encode("cp1252"))
     assert response.text() == "€"
+
+
+async def test_one_host_gets_as_many_connections_as_its_gate_allows(serve) -> None:  # type: ignore[no-untyped-def]
+    """One host keeps to one connection pool: with host_concurrency above the pool's usual 10, the
+    requests the gate lets through must all be sent, not queue inside httpx against their deadline."""
+    in_flight, peak = 0, 0
+
+    async def slow(request: Request, writer: Writer) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.3)
+        in_flight -= 1
+        writer.write(raw_response(200, b"ok"))
+
+    server = await serve(slow=slow)
+    network = NetworkConfig(allow_private=["127.0.0.1/32"], host_concurrency=25)  # type: ignore[list-item]
+    async with SafeClient(network) as client:
+        responses = await asyncio.gather(*(client.get(server.url("/slow")) for _ in range(25)))
+    assert [r.status for r in responses] == [200] * 25
+    assert peak == 25
