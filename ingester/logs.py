@@ -51,7 +51,8 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 
 
 def _add_logger_name(logger: Any, _: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    if name := getattr(logger, "name", None):
+    record = event.get("_record")  # a standard-library record (a library's own logger)
+    if name := record.name if record is not None else getattr(logger, "name", None):
         event.setdefault("logger", name)
     return event
 
@@ -75,6 +76,16 @@ def _logger_factory(*args: Any) -> _StderrLogger:
     return _StderrLogger(str(args[0]) if args else "")
 
 
+class _StderrHandler(logging.Handler):
+    """Libraries' own loggers (apscheduler, asyncio...) as lines like ours: one JSON object each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _StderrLogger(record.name).msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def processors() -> list[Processor]:
     """Every processor but the renderer; tests pass these to structlog.testing.capture_logs."""
     return [
@@ -96,4 +107,12 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
         logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # libraries' own loggers
+    handler = _StderrHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=processors(),
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:  # configured again
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)

@@ -197,3 +197,33 @@ def test_json_lines_carry_bound_fields_redacted() -> None:
     assert parked["webhook"] == "https://hooks.example/services/***"
     assert parked["level"] == "warning" and parked["timestamp"].endswith("Z")
     assert "stage" not in unbound and unbound["event"] == "unbound"
+
+
+_LIBRARY_SCRIPT = """
+import logging
+from ingester import logs
+
+logs.configure(json=True)
+logs.register_secrets([{secret!r}])
+logging.getLogger("apscheduler.scheduler").warning("job %s skipped, posting to %s", "tick",
+                                                   "https://hooks.example/services/{secret}")
+logging.getLogger("apscheduler.scheduler").info("below the libraries' level")
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("asyncio").exception("task failed")
+"""
+
+
+def test_libraries_own_loggers_print_json_lines_too() -> None:
+    """apscheduler, asyncio & co. log through the standard library: their lines must be JSON like ours
+    (a plain "WARNING:apscheduler.scheduler:..." line breaks every consumer of the log)."""
+    script = _LIBRARY_SCRIPT.format(secret=SLACK_TOKEN)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    skipped, failed = (json.loads(line) for line in done.stderr.splitlines())
+    assert skipped["logger"] == "apscheduler.scheduler" and skipped["level"] == "warning"
+    assert skipped["event"] == "job tick skipped, posting to https://hooks.example/services/***"
+    assert failed["logger"] == "asyncio" and failed["level"] == "error"
+    assert "ZeroDivisionError" in failed["exception"]
+    assert SLACK_TOKEN not in done.stderr
