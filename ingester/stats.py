@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -52,7 +51,9 @@ class FeedStat:
 
     @property
     def name(self) -> str:
-        return self.title or urlsplit(self.url).hostname or self.url
+        """The feed's title; its address (less the scheme) until it has one: a host alone cannot tell
+        apart the feeds of one site that never parsed."""
+        return self.title or self.url.split("://", 1)[-1]
 
     @property
     def items_per_day(self) -> float | None:

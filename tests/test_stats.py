@@ -65,7 +65,7 @@ async def test_feed_stats_from_real_polls(poller: Poller, httpserver: HTTPServer
 
     assert failing.url == gone and failing.failures == 2 and failing.last_success is None
     assert failing.last_error.startswith("http_404") and failing.last_error_at is not None
-    assert failing.name == "127.0.0.1"  # no title: the host
+    assert failing.name == gone.removeprefix("http://")  # no title: the address
     assert failing.items_per_day is None  # never fetched: no rate to speak of
     assert healthy.name == "Good news" and healthy.failures == 0 and not healthy.failing
     assert healthy.polls == 4 and healthy.not_modified == 3 and healthy.not_modified_ratio == 0.75
@@ -78,7 +78,7 @@ async def test_feed_stats_from_real_polls(poller: Poller, httpserver: HTTPServer
 async def test_a_feed_never_polled_is_listed(redis: aioredis.Redis, keys: Keys) -> None:
     await Schedule(redis, keys, lease=30).add([FeedSource("https://quiet.example/rss")], origin="import")
     (feed,) = await stats.feed_stats(redis, keys)
-    assert feed.name == "quiet.example" and feed.polls == 0 and feed.not_modified_ratio is None
+    assert feed.name == "quiet.example/rss" and feed.polls == 0 and feed.not_modified_ratio is None
     assert feed.interval is None and feed.last_success is None
 
 
