@@ -27,11 +27,8 @@ def published_iso(moment: datetime) -> str | None:
     scheduled event); a naive moment is taken as UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    try:
-        if EARLIEST_PUBLISHED <= moment <= datetime.now(UTC) + timedelta(days=1):
-            return utc_iso(moment)
-    except (ValueError, OverflowError):  # out of range once converted to UTC
-        pass
+    if EARLIEST_PUBLISHED <= moment <= datetime.now(UTC) + timedelta(days=1):
+        return utc_iso(moment)
     return None
 
 
