@@ -13,9 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import lxml.html  # type: ignore[import-untyped, unused-ignore]
 import trafilatura
-import trafilatura.utils
 from conftest import shared_path
 from trafilatura.metadata import extract_author
 
@@ -25,8 +23,6 @@ from ingester.extract import (
     _body_text,
     _byline,
     _main_text,
-    extract_sync,
-    use_plain_html_elements,
 )
 from ingester.safehttp import decode_html
 
@@ -96,20 +92,6 @@ def test_comparison_with_readability_runs_where_trafilatura_finds_little() -> No
             assert _main_text(tree, url) == fast
             long += 1
     assert long > short > 0 and changed > 0
-
-
-def test_plain_element_lookup_gives_the_same_results() -> None:
-    pages = load_sample(shared_path("pages", "trafilatura-eval"))[::4]
-    default = [extract_sync(html, url) for html, url, _ in pages]
-    use_plain_html_elements()
-    try:
-        tree = trafilatura.load_html("<html><body><form></form><p>x</p></body></html>")
-        assert tree is not None  # a form is an HtmlElement, not lxml.html.FormElement: the lookup is in place
-        assert type(tree.find(".//form")) is lxml.html.HtmlElement
-        assert [extract_sync(html, url) for html, url, _ in pages] == default
-    finally:
-        trafilatura.utils.HTML_PARSER.set_element_class_lookup(lxml.html.HtmlElementClassLookup())
-    assert sum(result is not None for result in default) > len(pages) * 0.9
 
 
 def test_byline_search_gives_trafilaturas_result() -> None:
