@@ -30,7 +30,7 @@ State = list[tuple[object, str, Any]]
 def snapshot() -> State:
     """The selectors trafilatura's modules hold now (copies of the lists, which change in place)."""
     return [(module, name, list(value) if isinstance(value, list) else value)
-            for module, name, value in speedups._selectors()]
+            for module, name, value in speedups.selectors()]
 
 
 def install(state: State) -> None:

@@ -26,7 +26,6 @@ from urllib.parse import urljoin
 import lxml.etree  # type: ignore[import-untyped, unused-ignore]
 import lxml.html  # type: ignore[import-untyped, unused-ignore]
 import trafilatura
-import trafilatura.utils
 from htmldate import find_date
 from trafilatura import metadata as tm
 from trafilatura.htmlprocessing import prune_unwanted_nodes

@@ -33,6 +33,7 @@ _guarded = False
 
 
 def apply() -> None:
+    """Both switches (once per process; applying them again changes nothing)."""
     plain_html_elements()
     guard_regex_tests()
 
@@ -81,7 +82,7 @@ def guard_regex_tests() -> int:
                 twins[id(new)] = (new, new)
         return twins[id(selector)][1]
 
-    for module, name, value in _selectors():
+    for module, name, value in selectors():
         if isinstance(value, list):
             value[:] = [twin(selector) for selector in value]
         else:
@@ -96,7 +97,7 @@ def _compile(path: str) -> lxml.etree.XPath | None:
         return None
 
 
-def _selectors() -> Iterator[tuple[object, str, lxml.etree.XPath | list[lxml.etree.XPath]]]:
+def selectors() -> Iterator[tuple[object, str, lxml.etree.XPath | list[lxml.etree.XPath]]]:
     """(module, name, selector or list of selectors) in every loaded trafilatura module."""
     for module_name, module in list(sys.modules.items()):
         if module is None or module_name.split(".")[0] != "trafilatura":

@@ -53,7 +53,7 @@ def test_a_pattern_matching_empty_needs_no_guard_to_stay_exact() -> None:
 def test_trafilatura_selectors_select_the_same_nodes_guarded() -> None:
     """Every selector the guard changes, on real pages as parsed and as trafilatura cleans them."""
     pages = load_sample(shared_path("pages", "trafilatura-eval"))[::4]
-    selectors = {id(s): s for _, _, value in speedups._selectors()
+    selectors = {id(s): s for _, _, value in speedups.selectors()
                  for s in (value if isinstance(value, list) else [value])}.values()
     pairs = [(s, lxml.etree.XPath(speedups.guard(s.path), namespaces={"re": speedups.EXSLT_REGEXP}))
              for s in selectors if speedups.guard(s.path) != s.path]
