@@ -75,8 +75,7 @@ def guard_regex_tests() -> int:
 
     def twin(selector: lxml.etree.XPath) -> lxml.etree.XPath:
         if id(selector) not in twins:
-            path = guard(selector.path)
-            new = _compile(path) if path != selector.path else None
+            new = guarded_twin(selector)
             twins[id(selector)] = (selector, selector if new is None else new)
             if new is not None:
                 twins[id(new)] = (new, new)
@@ -90,7 +89,11 @@ def guard_regex_tests() -> int:
     return sum(old is not new for old, new in twins.values())
 
 
-def _compile(path: str) -> lxml.etree.XPath | None:
+def guarded_twin(selector: lxml.etree.XPath) -> lxml.etree.XPath | None:
+    """The selector with its attribute tests guarded, or None where the guard changes nothing."""
+    path = guard(selector.path)
+    if path == selector.path:
+        return None
     try:
         return lxml.etree.XPath(path, namespaces={"re": EXSLT_REGEXP})
     except lxml.etree.XPathError:  # another namespace prefix: leave that selector as it is

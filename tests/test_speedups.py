@@ -55,8 +55,7 @@ def test_trafilatura_selectors_select_the_same_nodes_guarded() -> None:
     pages = load_sample(shared_path("pages", "trafilatura-eval"))[::4]
     selectors = {id(s): s for _, _, value in speedups.selectors()
                  for s in (value if isinstance(value, list) else [value])}.values()
-    pairs = [(s, lxml.etree.XPath(speedups.guard(s.path), namespaces={"re": speedups.EXSLT_REGEXP}))
-             for s in selectors if speedups.guard(s.path) != s.path]
+    pairs = [(s, twin) for s in selectors if (twin := speedups.guarded_twin(s)) is not None]
     assert len(pairs) >= 15  # trafilatura 2.3's body, comment, discard, byline and title selectors
     options = Options(comments=False)
     selected = 0
