@@ -14,8 +14,7 @@ import structlog
 from ingester import metrics
 from ingester.canonical import article_id, canonical_url, normalize_url, source_host
 from ingester.config import Config
-from ingester.extract import Extracted, ExtractError, Extractor, html_to_text
-from ingester.neardup import signature
+from ingester.extract import Extracted, ExtractError, Extractor, describe_text, html_to_text
 from ingester.pool import WorkerPool
 from ingester.publish import Publisher
 from ingester.record import Article, Entry, utc_iso
@@ -83,7 +82,8 @@ class ArticleStage:
             extracted = await self.extractor.extract(response.content, response.url,
                                                      response.headers.get("content-type", ""),
                                                      want_date=entry.published_at is None,
-                                                     want_authors=not entry.authors)
+                                                     want_authors=not entry.authors,
+                                                     feed_language=entry.language)
         except ExtractError as exc:
             metrics.EXTRACT_FAILURES.labels(reason=type(exc).__name__).inc()
             log.warning("extraction failed", url=response.url, reason=str(exc))
@@ -98,9 +98,9 @@ class ArticleStage:
         text = ex.text if use_page and ex else html_to_text(entry.content or entry.summary)
         canonical = canonical_url(entry.link, page.final_url, ex.canonical if ex else None)
         aid = article_id(canonical)
-        sig = await self._fingerprint(text, ex if use_page else None)
+        sig, language = await self._describe(text, ex if use_page else None,
+                                             ex.language if ex else None, entry.language)
         title = (ex.title if ex and ex.title else "") or entry.title
-        language = ex.language if ex else None
         scores = self.topics.match(Doc(title=title, text=text, language=language))
         article = Article(
             id=aid, url=entry.link, canonical_url=canonical, feed_url=entry.feed_url,
@@ -113,11 +113,13 @@ class ArticleStage:
         )
         return article, sig
 
-    async def _fingerprint(self, text: str, page: Extracted | None) -> bytes | None:
-        """A page's fingerprint comes with its extraction; feed text is fingerprinted in the pool."""
+    async def _describe(self, text: str, page: Extracted | None,
+                        *declared: str | None) -> tuple[bytes | None, str | None]:
+        """The text's near-dup signature and language: a page's come with its extraction, feed text is
+        described in the pool (a page too short to use still declares its language)."""
         if page is not None:
-            return page.signature
-        return await self.hasher.run(signature, text) if text else None
+            return page.signature, page.language
+        return await self.hasher.run(describe_text, text, *declared)
 
 
 def _is_html(response: Response) -> bool:

@@ -34,6 +34,7 @@ from trafilatura.settings import Document, set_date_params
 from trafilatura.settings import Extractor as Options
 from trafilatura.xpaths import AUTHOR_DISCARD_XPATHS, AUTHOR_XPATHS
 
+from ingester import language as languages
 from ingester import speedups
 from ingester.neardup import signature
 from ingester.pool import TaskFailed, TaskTimeout, WorkerPool
@@ -66,7 +67,7 @@ class Extracted:
     text: str
     authors: list[str] = field(default_factory=list)
     published_at: str | None = None  # ISO 8601 UTC, "YYYY-MM-DDTHH:MM:SSZ"
-    language: str | None = None  # ISO 639-1, lowercase
+    language: str | None = None  # ISO 639-1, lowercase (ingester.language: the text's, else declared)
     canonical: str | None = None  # <link rel=canonical> or og:url as found, made absolute
     sitename: str | None = None
     signature: bytes | None = None  # near-duplicate fingerprint of `text` (ingester.neardup)
@@ -82,11 +83,12 @@ ExtractTimeout = TaskTimeout
 
 
 def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date: bool = True,
-                 want_authors: bool = True) -> Extracted | None:
+                 want_authors: bool = True, feed_language: str | None = None) -> Extracted | None:
     """Extract one page, and fingerprint its text; None when it has no main text (or is not HTML).
 
     want_date/want_authors=False skip the costly searches for a date or a byline the page does not
-    declare in its metadata (because the feed gave them).
+    declare in its metadata (because the feed gave them). feed_language is the feed's declaration,
+    which comes after the page's (ingester.language).
 
     Bytes (a fetched body, already inflated within the size cap) are decoded here, in the worker:
     trafilatura itself only ever gets text.
@@ -99,7 +101,7 @@ def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date:
         tree = trafilatura.load_html(html[:MAX_HTML_CHARS])
         if tree is None:
             return None
-        language, canonical, meta_date = _page_meta(tree, url)
+        page_language, canonical, meta_date = _page_meta(tree, url)
         text = _main_text(tree, url)
         if not text:
             return None
@@ -111,11 +113,16 @@ def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date:
         text=text[:MAX_TEXT_CHARS],
         authors=_authors(meta.author),
         published_at=meta_date or _day_iso(meta.date),
-        language=language,
+        language=languages.resolve(text[:MAX_TEXT_CHARS], page_language, feed_language),
         canonical=canonical,
         sitename=meta.sitename or None,
         signature=signature(text[:MAX_TEXT_CHARS]),
     )
+
+
+def describe_text(text: str, *declared: str | None) -> tuple[bytes | None, str | None]:
+    """Feed text's near-duplicate signature and language (CPU work, for a pool)."""
+    return signature(text), languages.resolve(text, *declared)
 
 
 def _main_text(tree: lxml.html.HtmlElement, url: str) -> str:
@@ -174,8 +181,8 @@ def _looks_binary(html: str) -> bool:
 
 
 def _page_meta(tree: lxml.html.HtmlElement, url: str) -> tuple[str | None, str | None, str | None]:
-    """Language, canonical URL and a full publication timestamp, from the root and <head>."""
-    language = _language_code(tree.get("lang") or tree.get("xml:lang"))
+    """Declared language, canonical URL and a full publication timestamp, from the root and <head>."""
+    language = languages.code(tree.get("lang") or tree.get("xml:lang"))
     canonical = og_url = published = None
     head = tree.find("head")
     for el in head.iter("link", "meta") if head is not None else ():
@@ -188,18 +195,10 @@ def _page_meta(tree: lxml.html.HtmlElement, url: str) -> tuple[str | None, str |
         if key == "og:url" and og_url is None:
             og_url = _absolute(content, url)
         elif key in ("og:locale", "language") or (el.get("http-equiv") or "").lower() == "content-language":
-            language = language or _language_code(content)
+            language = language or languages.code(content)
         elif key in ("article:published_time", "datepublished", "og:published_time") and published is None:
             published = _timestamp(content)
     return language, canonical or og_url, published
-
-
-def _language_code(value: str | None) -> str | None:
-    """"en-US", "de_DE", "FR" -> "en", "de", "fr"; anything that is not a two-letter code -> None."""
-    if not value:
-        return None
-    code = re.split(r"[-_,;\s]", value.strip(), maxsplit=1)[0].lower()
-    return code if len(code) == 2 and code.isascii() and code.isalpha() else None
 
 
 def _absolute(href: str | None, base: str) -> str | None:
@@ -235,7 +234,8 @@ def _authors(value: str | None) -> list[str]:
 
 
 def warm_up() -> None:
-    """Silence library logging, speed up trafilatura (ingester.speedups), and pay dateparser's warm-up now.
+    """Silence library logging, speed up trafilatura (ingester.speedups), and pay dateparser's warm-up
+    and the language model's loading now.
 
     The pools' forkserver runs this once (ingester.extract_preload), so workers forked from it start
     warm, a replacement for a worker cut at its timeout included; each worker runs it again, which
@@ -244,6 +244,7 @@ def warm_up() -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     speedups.apply()
+    languages.warm_up()
     with suppress(Exception):  # a failed warm-up only costs time later
         extract_sync(_WARMUP_HTML, "https://warmup.invalid/warm-up")
 
@@ -273,14 +274,16 @@ class Extractor:
         await self._pool.start()
 
     async def extract(self, html: str | bytes, url: str, content_type: str = "", *,
-                      want_date: bool = True, want_authors: bool = True) -> Extracted | None:
+                      want_date: bool = True, want_authors: bool = True,
+                      feed_language: str | None = None) -> Extracted | None:
         """The page's article, or None when it has no main text.
 
         Raises ExtractTimeout past the per-document timeout, ExtractError when the worker died or failed.
         Cancelling the call stops the worker running the page.
         """
         try:
-            return await self._pool.run(extract_sync, html, url, content_type, want_date, want_authors)
+            return await self._pool.run(extract_sync, html, url, content_type, want_date, want_authors,
+                                        feed_language)
         except TaskFailed:
             raise
         except Exception as exc:  # raised in the worker (MemoryError under the cap, a parser bug...)

@@ -21,6 +21,7 @@ import orjson
 from courlan import normalize_url
 from feedparser.datetimes import _parse_date as feedparser_date  # its tolerant multi-format date parser
 
+from ingester.language import code as language_code
 from ingester.record import Entry, published_iso
 
 _UPDATE_PERIODS = {"hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0, "monthly": 2592000.0,
@@ -130,7 +131,8 @@ def _parse_xml_feed(content: bytes, url: str, content_type: str) -> ParsedFeed:
         resolve_relative_uris=False,
     )
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
-    entries = [e for raw in parsed.entries if (e := _feedparser_entry(raw, url)) is not None]
+    language = language_code(parsed.feed.get("language"))
+    entries = [e for raw in parsed.entries if (e := _feedparser_entry(raw, url, language)) is not None]
     # A broken document with nothing usable (often a truncated body) is an error; a well-formed feed
     # whose items lack links is merely empty. Encoding/content-type notices do not make a feed broken.
     broken = problem is not None and not isinstance(problem, feedparser.ThingsNobodyCaresAboutButMe)
@@ -161,7 +163,7 @@ def _why_unusable(content: bytes, problem: object) -> str:
     return f"not a feed: unrecognized document (root element <{root}>)" if root else "not a feed"
 
 
-def _feedparser_entry(raw: Any, feed_url: str) -> Entry | None:
+def _feedparser_entry(raw: Any, feed_url: str, feed_language: str | None) -> Entry | None:
     link = _entry_link(raw, feed_url)
     guid = raw.get("id") or None
     if not link and not guid:
@@ -176,7 +178,15 @@ def _feedparser_entry(raw: Any, feed_url: str) -> Entry | None:
         content=_best_content(content),
         published_at=_struct_iso(_first_date(raw)),
         authors=_authors(raw),
+        language=_entry_language(raw, content) or feed_language,
     )
+
+
+def _entry_language(raw: Any, content: list[Any]) -> str | None:
+    """An Atom entry's xml:lang, which feedparser gives its text parts (RSS <language> is the feed's)."""
+    details = [*content, raw.get("summary_detail"), raw.get("title_detail")]
+    tags = (d.get("language") for d in details if isinstance(d, dict))
+    return next((c for c in map(language_code, tags) if c), None)
 
 
 def _entry_link(raw: Any, feed_url: str) -> str:
@@ -281,7 +291,9 @@ def _parse_json_feed(content: bytes, url: str) -> ParsedFeed:
         raise FeedParseError(f"malformed JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
         raise FeedParseError("not a feed: JSON without a JSON Feed items list")
-    entries = [e for item in doc["items"] if isinstance(item, dict) and (e := _json_entry(item, url))]
+    language = language_code(_string(doc.get("language")))
+    items = [item for item in doc["items"] if isinstance(item, dict)]
+    entries = [e for item in items if (e := _json_entry(item, url, language)) is not None]
     warning = _warning([], len(doc["items"]) - len(entries))
     return ParsedFeed(title=_plain(doc.get("title")), entries=entries, ttl=None, warning=warning)
 
@@ -295,7 +307,7 @@ def _json_bytes(content: bytes) -> bytes:
     return content
 
 
-def _json_entry(item: dict[str, Any], feed_url: str) -> Entry | None:
+def _json_entry(item: dict[str, Any], feed_url: str, feed_language: str | None) -> Entry | None:
     link = _absolute_http(item.get("url") or item.get("external_url"), feed_url)
     raw_id = item.get("id")
     guid = str(raw_id) if isinstance(raw_id, str | int | float) and str(raw_id) else None
@@ -310,6 +322,7 @@ def _json_entry(item: dict[str, Any], feed_url: str) -> Entry | None:
         content=_string(item.get("content_html")) or _string(item.get("content_text")),
         published_at=_date_iso(item.get("date_published") or item.get("date_modified")),
         authors=_json_authors(item),
+        language=language_code(_string(item.get("language"))) or feed_language,  # JSON Feed 1.1
     )
 
 
@@ -367,9 +380,11 @@ def _sitemap_entry(node: lxml.etree._Element, feed_url: str) -> Entry | None:
     news = node.find("{*}news")
     title = news.findtext("{*}title") if news is not None else None
     published = news.findtext("{*}publication_date") if news is not None else None
+    language = news.findtext("{*}publication/{*}language") if news is not None else None
     return Entry(
         feed_url=feed_url,
         link=link,
         title=_plain(title) or "",
         published_at=_date_iso(published or node.findtext("{*}lastmod")),
+        language=language_code(language),
     )

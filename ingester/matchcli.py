@@ -10,6 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from ingester import language as languages
 from ingester.config import NetworkConfig, load
 from ingester.extract import extract_sync, html_to_text
 from ingester.query import QueryError
@@ -52,7 +53,7 @@ def read_article(source: str, network: NetworkConfig) -> Doc:
     if raw.lstrip()[:1] == "<":
         return _from_html(raw, "file:///" + source)
     title, _, text = raw.strip().partition("\n")  # plain text: the first line is the title
-    return Doc(title=title.strip(), text=text.strip())
+    return Doc(title=title.strip(), text=text.strip(), language=languages.resolve(text.strip()))
 
 
 async def _fetch(url: str, network: NetworkConfig) -> tuple[str, str]:
@@ -66,5 +67,6 @@ async def _fetch(url: str, network: NetworkConfig) -> tuple[str, str]:
 def _from_html(html: str, url: str) -> Doc:
     extracted = extract_sync(html, url)
     if extracted is None:
-        return Doc(title="", text=html_to_text(html))
+        text = html_to_text(html)
+        return Doc(title="", text=text, language=languages.resolve(text))
     return Doc(title=extracted.title, text=extracted.text, language=extracted.language)

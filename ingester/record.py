@@ -44,6 +44,7 @@ class Entry:
     content: str = ""  # content:encoded / atom content / JSON Feed content_html, as given
     published_at: str | None = None  # ISO 8601 UTC
     authors: list[str] = field(default_factory=list)
+    language: str | None = None  # ISO 639-1, as the feed declares it (for the item, else the whole feed)
 
     def dumps(self) -> str:
         return orjson.dumps(self).decode()  # orjson serialises dataclasses field by field, natively

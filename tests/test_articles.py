@@ -157,6 +157,30 @@ async def test_fallback_to_feed_content_when_the_page_fails_or_is_thin(stage, ht
         jsonschema.validate(record.as_dict(), SCHEMA)
 
 
+GERMAN = [
+    "Die Unterhändler beider Seiten trafen sich am Dienstag zum dritten Tag, während Diplomaten auf eine "
+    "Waffenruhe drängten, die die Kämpfe in der Ukraine noch vor dem Winter beenden soll.",
+    "Der Entwurf sieht nach Angaben von zwei Beamten eine dreißigtägige Feuerpause, einen Austausch von "
+    "Gefangenen und eine gemeinsame Kommission zur Überwachung von Verstößen vor.",
+]
+
+
+async def test_language_is_the_texts_else_the_pages_else_the_feeds(  # type: ignore[no-untyped-def]
+        stage, httpserver, redis, keys):
+    httpserver.expect_request("/de").respond_with_data(page("Waffenruhe", GERMAN), content_type="text/html")
+    httpserver.expect_request("/en").respond_with_data(page("Truce", STORY).replace(" lang='en'", ""),
+                                                       content_type="text/html")
+    httpserver.expect_request("/gone").respond_with_data("", status=404)
+    german = "<p>" + " ".join(GERMAN) + "</p>"
+    await stage.process(entry(httpserver.url_for("/de"), language="en"))  # page lang='en', German text
+    await stage.process(entry(httpserver.url_for("/en"), language="de"))  # no page lang, English text
+    await stage.process(entry(httpserver.url_for("/gone"), content=german, language="en"))
+    await stage.process(entry(httpserver.url_for("/missing"), summary="Kurz.", language="fr"))
+    records = await articles(redis, keys)
+    assert [(r.extraction, r.language) for r in records] == [
+        ("trafilatura", "de"), ("trafilatura", "en"), ("feed", "de"), ("feed", "fr")]
+
+
 async def test_a_page_over_network_max_bytes_falls_back_to_the_feed(  # type: ignore[no-untyped-def]
         redis, keys, pools, httpserver):
     small = page("Small", STORY)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trafilatura
 from pytest_httpserver import HTTPServer
 
 from ingester.config import NetworkConfig
@@ -22,6 +23,7 @@ from ingester.extract import (
     ExtractError,
     Extractor,
     ExtractTimeout,
+    _page_meta,
     extract_sync,
     html_to_text,
 )
@@ -81,9 +83,21 @@ def test_metadata_fallbacks() -> None:
     page = page.replace('content="2025-03-02T18:30:00+01:00"', 'content="2025-03-02"')
     result = extract_sync(page, URL)
     assert result is not None
-    assert result.language == "de"
+    assert result.language == "en"  # the text's: it overrules og:locale (ingester.language)
     assert result.canonical == "https://example.com/og"
     assert result.published_at == "2025-03-02T00:00:00Z"  # a day only: midnight UTC
+
+
+@pytest.mark.parametrize(("lang", "head"), [
+    ('lang="de-AT"', ""),
+    ('xml:lang="de"', ""),
+    ("", '<meta property="og:locale" content="de_DE">'),
+    ("", '<meta http-equiv="Content-Language" content="de">'),
+    ('lang=""', '<meta name="language" content="DE">'),
+])
+def test_declared_language(lang: str, head: str) -> None:
+    tree = trafilatura.load_html(article_page(lang=lang, head=head))
+    assert _page_meta(tree, URL)[0] == "de"
 
 
 def test_no_main_text_gives_none() -> None:

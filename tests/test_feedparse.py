@@ -44,6 +44,7 @@ def test_rss091_relative_link_resolves_against_the_feed_url() -> None:
         "https://feeds.example.org/2025/second.html",
     ]
     assert feed.entries[0].summary == "Le premier résumé."
+    assert [e.language for e in feed.entries] == ["fr", "fr"]  # the channel's <language>
     assert all(e.feed_url == FEED_URL for e in feed.entries)
     assert feed.ttl is None and feed.warning is None
 
@@ -78,6 +79,7 @@ def test_rss20_content_encoded_creators_and_links() -> None:
     assert first.summary == "<p>Short summary.</p>"
     assert first.content == '<p>Full <a href="/x">body</a> text.</p>'  # not resolved, not sanitized
     assert first.authors == ["Jane Doe", "John Roe"]
+    assert first.language is None  # no <language>, no xml:lang
     assert first.published_at == "2025-03-15T10:04:05Z"
     assert (guid_only.link, guid_only.guid) == ("", "tag:news.example.com,2025:2")
     assert guid_only.published_at is None  # "not a date"
@@ -99,6 +101,7 @@ def test_atom10_xml_base_resolves_entry_links() -> None:
     assert first.content == '<p>Body with <a href="img.png">a link</a></p>'
     assert second.link == "https://blog.example.net/about/second"
     assert second.published_at == "2025-03-14T13:00:00Z"  # from <updated>
+    assert (first.language, second.language) == ("en", "de")  # the feed's xml:lang, or the entry's own
 
 
 def test_atom03() -> None:
@@ -122,6 +125,7 @@ def test_json_feed_11() -> None:
     assert second.content == "Plain text only"
     assert second.published_at == "2025-03-15T11:04:05Z"  # an RFC 822 date, tolerated
     assert (third.link, third.published_at) == ("https://elsewhere.example.org/story", None)
+    assert [e.language for e in feed.entries] == ["pt", "en", "en"]  # the item's, else the feed's
 
 
 def test_json_feed_10_by_content_type_with_leading_space() -> None:
@@ -129,6 +133,7 @@ def test_json_feed_10_by_content_type_with_leading_space() -> None:
     (entry,) = parse_feed(body, "https://json.example.com/feed.json", "application/feed+json").entries
     assert entry.authors == ["Solo Writer"]
     assert entry.published_at == "2025-03-15T10:04:05Z"  # naive: taken as UTC
+    assert entry.language is None  # JSON Feed 1.0 declares none
 
 
 PLACEHOLDER_DATES = {  # what publishers put where they have no date, or a wrong one
@@ -166,6 +171,7 @@ def test_google_news_sitemap() -> None:
     assert first.title == "Ceasefire talks & what comes next"
     assert first.published_at == "2025-03-15T09:04:05Z"
     assert second.published_at == "2025-03-15T00:00:00Z"
+    assert (first.language, second.language) == ("en", "en")  # news:publication/news:language
 
 
 def test_plain_sitemap_uses_lastmod() -> None:
