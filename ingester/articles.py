@@ -18,13 +18,20 @@ from ingester.extract import Extracted, ExtractError, Extractor, describe_text, 
 from ingester.pool import WorkerPool
 from ingester.publish import Publisher
 from ingester.record import Article, Entry, utc_iso
-from ingester.safehttp import FetchError, Response, SafeClient
+from ingester.safehttp import FetchError, GateBusy, Response, SafeClient, Timeout
 from ingester.streams import Message
 from ingester.topics import Doc, TopicSet
 
 log = structlog.get_logger("ingester.articles")
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml", "")
+# Answers that say "not now" rather than "no": the entry is retried before the feed's content is used.
+_PASSING_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_PASSING_FAILURES = (Timeout, GateBusy)  # GateBusy: our own queue for the host was full, nothing was sent
+
+
+class PageUnavailable(Exception):
+    """The page could not be had for a passing reason: leave the entry pending, to be tried again."""
 
 
 @dataclass
@@ -46,14 +53,20 @@ class ArticleStage:
         self.topics = topics
 
     async def process(self, entry: Entry, source: Message | None = None, group: str = "") -> str:
-        """Handle one entry; returns "new", "duplicate" or "known" (skipped before fetching)."""
+        """Handle one entry; returns "new", "duplicate" or "known" (skipped before fetching).
+
+        Raises PageUnavailable when the page failed for a passing reason (a timeout, a 5xx or 429, a
+        dropped connection) and this is not the entry's last attempt (`articles.max_attempts`): then
+        the feed's content is used. Without a `source` message there is no retry.
+        """
         linked = normalize_url(entry.link)
         if await self.publisher.known(linked):
             if source is not None:  # already written from another feed or URL: just ack
                 await self.publisher.redis.xack(source.stream, group, source.id)
             metrics.DUPLICATES.labels(kind="exact").inc()
             return "known"
-        page = await self._page(entry)
+        last_try = source is None or source.deliveries >= self.config.articles.max_attempts
+        page = await self._page(entry, last_try)
         article, sig = await self._article(entry, page)
         aliases = [linked, normalize_url(page.final_url)]
         fresh = await self.publisher.publish(article, aliases, signature=sig, source=source, group=group)
@@ -62,13 +75,17 @@ class ArticleStage:
                      topics=article.topics, cluster=article.cluster_id)
         return "new" if fresh else "duplicate"
 
-    async def _page(self, entry: Entry) -> Page:
+    async def _page(self, entry: Entry, last_try: bool) -> Page:
         """Fetch and extract the page; a page that cannot be had leaves the feed's own content."""
         try:
             response = await self.client.get(entry.link)  # network.max_bytes
         except FetchError as exc:
+            if not last_try and _passing(exc):
+                raise PageUnavailable(f"{exc.kind}: {exc.reason}") from None
             log.info("page fetch failed", url=entry.link, kind=exc.kind, reason=exc.reason)
             return Page(entry.link, None)
+        if not last_try and response.status in _PASSING_STATUSES:
+            raise PageUnavailable(f"HTTP {response.status}")
         if response.status != 200 or not _is_html(response):
             log.info("page not usable", url=entry.link, status=response.status,
                      content_type=response.headers.get("content-type"))
@@ -120,6 +137,11 @@ class ArticleStage:
         if page is not None:
             return page.signature, page.language
         return await self.hasher.run(describe_text, text, *declared)
+
+
+def _passing(exc: FetchError) -> bool:
+    """A timeout, a full host queue, or a network error (kind "network": refused, reset, DNS...)."""
+    return isinstance(exc, _PASSING_FAILURES) or (type(exc) is FetchError and exc.kind == "network")
 
 
 def _is_html(response: Response) -> bool:

@@ -19,6 +19,8 @@ EXTRACT_SECONDS = Histogram("ingester_extract_seconds", "Time to extract one pag
                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 EXTRACT_FAILURES = Counter("ingester_extract_failures_total",
                            "Pages whose extraction failed or timed out", ["reason"])
+PAGE_RETRIES = Counter("ingester_page_retries_total",
+                       "Entries left pending because their page failed for a passing reason")
 DUPLICATES = Counter("ingester_duplicates_total",
                      "Exact duplicates dropped and near duplicates clustered", ["kind"])
 DEAD_LETTERS = Counter("ingester_dead_letters_total", "Items parked in <namespace>:dead", ["stage"])

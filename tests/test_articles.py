@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -313,3 +315,39 @@ async def test_an_entry_failing_n_times_goes_to_the_dead_stream(stage, httpserve
     assert poison["stage"] == "articles" and "attempts" in poison["reason"]
     assert any("unreadable" in f["reason"] for f in dead)
     assert (await redis.xpending(keys.entries, GROUP))["pending"] == 0
+
+
+async def test_a_page_failing_for_a_passing_reason_is_retried_then_the_feed_is_used(  # type: ignore[no-untyped-def]
+        pools, httpserver, redis, keys):
+    # Entries are retried after reclaim_idle: long enough here that none is taken over while in flight.
+    async with make_stage(make_config(reclaim_idle="1500ms"), redis, keys, pools) as stage:
+        await asyncio.gather(stage.extractor.start(), stage.hasher.start())  # as the daemon does
+        await retried_then_feed(stage, httpserver, redis, keys)
+
+
+async def retried_then_feed(stage, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+    httpserver.expect_oneshot_request("/flaky").respond_with_data("busy", status=503)
+    httpserver.expect_request("/flaky").respond_with_data(page("Flaky", STORY), content_type="text/html")
+    httpserver.expect_request("/down").respond_with_data("down", status=503, headers={"Retry-After": "0"})
+    httpserver.expect_request("/gone").respond_with_data("gone", status=404)
+    with socket.socket() as sock:  # a port nobody listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{sock.getsockname()[1]}/story"
+    content = "<p>" + " ".join(OTHER) + "</p>"
+    urls = [httpserver.url_for("/flaky"), httpserver.url_for("/down"), httpserver.url_for("/gone"), refused]
+    for url in urls:
+        await redis.xadd(keys.entries, {"data": entry(url, content=content).dumps()})
+
+    async def settled() -> bool:
+        written = await redis.xlen(keys.articles) == 4
+        return written and (await redis.xpending(keys.entries, GROUP))["pending"] == 0
+
+    await run_worker(stage, consumer(redis, keys, "c1", stage.config), settled)
+    by_url = {a.url: a for a in await articles(redis, keys)}
+    assert by_url[httpserver.url_for("/flaky")].extraction == "trafilatura"  # the second try got the page
+    assert "thirty-day truce" in by_url[httpserver.url_for("/flaky")].text
+    for url in urls[1:]:
+        assert by_url[url].extraction == "feed" and "bike lanes" in by_url[url].text
+    tries = Counter(request.path for request, _ in httpserver.log)
+    assert tries == {"/flaky": 2, "/down": 2, "/gone": 1}  # max_attempts = 2; a 404 is final at once
+    assert await redis.xlen(keys.dead) == 0

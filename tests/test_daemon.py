@@ -34,6 +34,7 @@ class FeedServer:
         self.in_flight: Counter[str] = Counter()
         self.max_overlap: Counter[str] = Counter()
         self.polls: dict[str, list[float]] = defaultdict(list)
+        self.alerts: list[dict[str, object]] = []  # webhook bodies received on /hook
         self.port = 0
 
     async def feed(self, request: web.Request) -> web.Response:
@@ -53,6 +54,10 @@ class FeedServer:
     async def story(self, request: web.Request) -> web.Response:
         return web.Response(text=STORY.format(n=request.match_info["n"]), content_type="text/html")
 
+    async def hook(self, request: web.Request) -> web.Response:
+        self.alerts.append(await request.json())
+        return web.Response(text="ok")
+
 
 @pytest.fixture
 async def feeds() -> AsyncIterator[FeedServer]:
@@ -60,6 +65,7 @@ async def feeds() -> AsyncIterator[FeedServer]:
     app = web.Application()
     app.router.add_get("/feed/{n}", server.feed)
     app.router.add_get("/story/{n}", server.story)
+    app.router.add_post("/hook", server.hook)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -147,20 +153,24 @@ async def test_two_daemons_never_poll_a_feed_at_once_and_take_over_a_killed_ones
     assert second.returncode == 0
 
 
-async def test_sighup_adds_feeds_and_topics_without_rematching_old_articles(  # type: ignore[no-untyped-def]
+async def test_sighup_adds_feeds_topics_and_notifiers_without_rematching_old_articles(  # type: ignore[no-untyped-def]
         feeds, tmp_path, redis_url, namespace, redis):
     keys = Keys(namespace)
     config = write_config(tmp_path / "c.toml", feeds, 1, namespace=namespace)
     daemon = start(config, {"INGESTER_REDIS_URL": redis_url})
     try:
         await wait_for(lambda: _has(redis, keys.articles, 1), 60)
+        hook = f"http://127.0.0.1:{feeds.port}/hook"
         write_config(config, feeds, 2, namespace=namespace,
-                     extra='[[topics]]\nname = "stories"\nquery = "paragraph"\n')
+                     extra=f'[[topics]]\nname = "stories"\nquery = "paragraph"\nnotify = ["hook"]\n'
+                           f'[[notifiers]]\nname = "hook"\ntype = "webhook"\nwebhook_url = "{hook}"\n')
         daemon.send_signal(signal.SIGHUP)
         await wait_for(lambda: _has(redis, keys.articles, 2), 60)
         await wait_for(lambda: _has(redis, keys.topic("stories"), 1), 10)
         [(_, fields)] = await redis.xrange(keys.topic("stories"))
         assert "Story 1" in fields["data"]  # the new feed's story; story 0 is not matched again
+        await wait_for(lambda: _async(len(feeds.alerts) == 1), 10)  # the new topic's new notifier alerts
+        assert feeds.alerts[0]["topic"] == "stories"
         write_config(config, feeds, 2, namespace=namespace, extra='[[topics]]\nname = "x"\nquery = "(("\n')
         daemon.send_signal(signal.SIGHUP)  # a broken config is refused; the daemon keeps running
         await asyncio.sleep(1)

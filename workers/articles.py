@@ -9,8 +9,8 @@ import orjson
 import structlog
 from structlog.contextvars import bind_contextvars, bound_contextvars
 
-from ingester import logs
-from ingester.articles import ArticleStage
+from ingester import logs, metrics
+from ingester.articles import ArticleStage, PageUnavailable
 from ingester.record import Entry
 from ingester.streams import Consumer, Message
 
@@ -72,6 +72,10 @@ class ArticleWorker:
             await self.stage.process(entry, msg, self.consumer.group)
         except asyncio.CancelledError:
             raise  # left unacknowledged: another daemon (or this one) takes it over
+        except PageUnavailable as exc:
+            metrics.PAGE_RETRIES.inc()
+            log.info("page unavailable; entry left pending for a retry", url=entry.link, reason=str(exc),
+                     attempt=msg.deliveries, after=self.consumer.reclaim_idle_ms / 1000)
         except Exception as exc:
             log.exception("entry failed; left pending for a retry", url=entry.link, error=repr(exc),
                           attempt=msg.deliveries)

@@ -159,9 +159,8 @@ class Daemon:
         article_task = asyncio.create_task(articles.run(self.stop))
         # Alerts get their own client: notifiers pace themselves per webhook (ingester.alerts),
         # and the per-host gate would make every Slack webhook share one slot on hooks.slack.com.
-        alert_client = SafeClient(config.network)
-        alert_task = asyncio.create_task(Alerter(redis, keys, config, alert_client, name=self.name)
-                                         .run(self.stop))
+        self.alert_client = SafeClient(config.network)
+        self._start_alerts(Alerter(redis, keys, config, self.alert_client, name=self.name))
         self._install_signals()
         self.ready.set()
         systemd.ready(f"{len(await schedule.feeds())} feeds, {len(config.topics)} topics")
@@ -176,10 +175,8 @@ class Daemon:
             watchdog_task.cancel()
             scheduler.shutdown(wait=False)
             await self._drain(polls, articles, article_task, config.server.shutdown_grace)
-            await asyncio.wait([alert_task], timeout=config.server.shutdown_grace)
-            alert_task.cancel()
-            await asyncio.gather(alert_task, return_exceptions=True)
-            await asyncio.gather(client.aclose(), alert_client.aclose())
+            await self._stop_alerts(config.server.shutdown_grace)
+            await asyncio.gather(client.aclose(), self.alert_client.aclose())
             extractor.close()
             parser.close()
             if health:  # last: probes keep an answer while the work drains
@@ -194,6 +191,17 @@ class Daemon:
         await asyncio.gather(reader, return_exceptions=True)
         await asyncio.gather(polls.drain(grace), articles.drain(grace))
 
+    def _start_alerts(self, alerter: Alerter) -> None:
+        self._alerts_stop = asyncio.Event()
+        self._alerts = asyncio.create_task(alerter.run(self._alerts_stop))
+
+    async def _stop_alerts(self, grace: float) -> None:
+        """Sends under way get `grace` to finish; an entry cut short stays pending and is sent again."""
+        self._alerts_stop.set()
+        await asyncio.wait([self._alerts], timeout=grace)
+        self._alerts.cancel()
+        await asyncio.gather(self._alerts, return_exceptions=True)
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,17 +209,22 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
 
     async def reload(self) -> None:
-        """SIGHUP: re-read the config; new feeds and topics apply, a broken config changes nothing."""
+        """SIGHUP: re-read the config; new feeds, topics and notifiers apply (the alert sender starts
+        again with them), a broken config changes nothing."""
         systemd.reloading()
         try:
             config = config_mod.load(self.config_path)
             topics = TopicSet(config.topics)
+            alerter = Alerter(self.redis, Keys(config.redis.namespace), config, self.alert_client,
+                              name=self.name)
             added, removed = await self.schedule.sync(feed_sources(config))
         except Exception as exc:
             log.error("reload failed; keeping the running config", error=str(exc))
             systemd.ready("reload failed; running the previous config")
             return
         self.stage.topics = topics
+        await self._stop_alerts(config.server.shutdown_grace)
+        self._start_alerts(alerter)
         systemd.ready(f"reloaded: {len(config.topics)} topics")
         log.info("reloaded", feeds_added=added, feeds_removed=removed, topics=len(config.topics))
 
