@@ -84,11 +84,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workers.daemon import run
+    from workers.daemon import RedisUnreachable, run
 
     load(args.config)  # config errors before anything starts
     structlog.contextvars.bind_contextvars(stage="daemon")
-    run(args.config)
+    try:
+        run(args.config)
+    except RedisUnreachable as exc:
+        print(f"redis: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

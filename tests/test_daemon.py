@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from aiohttp import web
@@ -207,3 +210,57 @@ def processes_using(path: Path) -> list[int]:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+class StderrLines:
+    """The lines a subprocess writes to its stderr, collected by a thread as they come."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.lines: list[str] = []
+        assert process.stderr is not None
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            self.lines.append(line.decode(errors="replace"))
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        return "".join(self.lines)
+
+
+def unreachable_config(tmp_path: Path, feeds: FeedServer) -> tuple[Path, str]:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_config(tmp_path / "c.toml", feeds, 1, namespace="unreachable")
+    text = config.read_text().replace("[redis]", f'[redis]\nurl = "redis://:s3cret-pw@127.0.0.1:{port}/0"')
+    config.write_text(text)
+    return config, f"redis://:***@127.0.0.1:{port}/0"
+
+
+async def test_without_redis_the_daemon_says_so_then_exits_1_in_one_line(feeds, tmp_path):  # type: ignore[no-untyped-def]
+    config, shown = unreachable_config(tmp_path, feeds)
+    daemon = start(config, {"INGESTER_REDIS_URL": ""})
+    errors = StderrLines(daemon)
+    await wait_for(lambda: _async("redis not answering yet" in "".join(errors.lines)), 10)
+    started = time.monotonic()
+    while daemon.poll() is None:
+        assert time.monotonic() - started < 30, "the daemon kept waiting for Redis"
+        await asyncio.sleep(0.2)
+    output = errors.text()
+    assert daemon.returncode == 1
+    assert output.strip().splitlines()[-1].startswith(f"redis: cannot reach {shown}: ")
+    assert "Traceback" not in output and "s3cret-pw" not in output
+
+
+async def test_a_stop_while_waiting_for_redis_is_a_clean_stop(feeds, tmp_path):  # type: ignore[no-untyped-def]
+    config, _ = unreachable_config(tmp_path, feeds)
+    daemon = start(config, {"INGESTER_REDIS_URL": ""})
+    errors = StderrLines(daemon)
+    await wait_for(lambda: _async("redis not answering yet" in "".join(errors.lines)), 10)
+    started = time.monotonic()
+    assert await stop(daemon) == 0
+    assert time.monotonic() - started < 3
+    assert "Traceback" not in errors.text()

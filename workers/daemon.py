@@ -7,12 +7,14 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from ingester import config as config_mod
 from ingester import systemd
@@ -42,6 +44,7 @@ from workers.poller import TICK_SECONDS, PollWorker
 
 log = structlog.get_logger("ingester.daemon")
 
+STARTUP_WAIT = 15.0  # seconds the daemon waits for Redis to answer at start (a service manager restarts it)
 SPARE_REDIS_CONNECTIONS = 50  # readers, alert senders, maintenance, health, slots being released
 HEALTH_STALE_AFTER = 30.0  # /healthz fails when the scheduler has not ticked (every 0.5 s) for this long
 
@@ -66,10 +69,12 @@ def redis_connections(config: Config) -> int:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(config: Config, *, attach: bool = False) -> AsyncIterator[aioredis.Redis]:
+async def open_redis(config: Config, *, attach: bool = False,
+                     stop: asyncio.Event | None = None) -> AsyncIterator[aioredis.Redis]:
     """The configured Redis, or a private redis-server child when none is configured.
 
     attach=True (CLI tools) uses the embedded server of a daemon already running on the same data.
+    Raises RedisUnreachable when it does not answer within STARTUP_WAIT (or `stop` is set meanwhile).
     """
     url = config.redis_url
     embedded = None
@@ -85,13 +90,43 @@ async def open_redis(config: Config, *, attach: bool = False) -> AsyncIterator[a
             url, embedded = busy.url, None
     client = connect(url, namespace=config.redis.namespace, max_connections=redis_connections(config))
     try:
-        await client.ping()
+        await _wait_for(url, stop or asyncio.Event())
         log.info("redis connected", url=safe_url(url))
         yield client
     finally:
         await client.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+class RedisUnreachable(Exception):
+    """Redis did not answer at start, or refused our credentials; the message is one line."""
+
+
+async def _wait_for(url: str, stop: asyncio.Event) -> None:
+    """Ping until Redis answers, for STARTUP_WAIT at most; a refused password fails at once."""
+    probe, shown = connect(url, retry=False), safe_url(url)
+    deadline, warned = time.monotonic() + STARTUP_WAIT, False
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(5):
+                    await probe.ping()
+                return
+            except (AuthenticationError, ResponseError) as exc:  # NOAUTH, WRONGPASS: no use waiting
+                raise RedisUnreachable(f"cannot use {shown}: {exc}") from None
+            except (RedisError, OSError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                if time.monotonic() >= deadline or stop.is_set():
+                    raise RedisUnreachable(f"cannot reach {shown}: {reason}") from None
+                if not warned:
+                    log.warning("redis not answering yet; retrying", url=shown, error=reason,
+                                for_seconds=STARTUP_WAIT)
+                    warned = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        await probe.aclose()
 
 
 class Daemon:
@@ -103,9 +138,14 @@ class Daemon:
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
+        self._install_signals()  # from the start: a stop while starting up is a clean stop
         with structlog.contextvars.bound_contextvars(stage="daemon"):
-            async with open_redis(self.config) as redis:
-                await self._run(redis)
+            try:
+                async with open_redis(self.config, stop=self.stop) as redis:
+                    await self._run(redis)
+            except RedisUnreachable:
+                if not self.stop.is_set():  # stopped while waiting for Redis: a clean stop
+                    raise
 
     async def _run(self, redis: aioredis.Redis) -> None:
         config = self.config
@@ -161,7 +201,6 @@ class Daemon:
         # and the per-host gate would make every Slack webhook share one slot on hooks.slack.com.
         self.alert_client = SafeClient(config.network)
         self._start_alerts(Alerter(redis, keys, config, self.alert_client, name=self.name))
-        self._install_signals()
         self.ready.set()
         systemd.ready(f"{len(await schedule.feeds())} feeds, {len(config.topics)} topics")
         watchdog_task = asyncio.create_task(watchdog.run())  # systemd arms its timer at READY=1
@@ -211,6 +250,9 @@ class Daemon:
     async def reload(self) -> None:
         """SIGHUP: re-read the config; new feeds, topics and notifiers apply (the alert sender starts
         again with them), a broken config changes nothing."""
+        if not self.ready.is_set():
+            log.warning("reload ignored: the daemon is still starting")
+            return
         systemd.reloading()
         try:
             config = config_mod.load(self.config_path)
