@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from aiohttp import web
 from ingester.connection import connect
 from ingester.embedded import EmbeddedRedis
 from ingester.keys import Keys
+from workers.daemon import make_scheduler
 
 STORY = ("<html lang='en'><head><title>Story {n}</title></head><body><article><h1>Story {n}</h1>"
          + "".join(f"<p>Paragraph {i} of story {{n}}, long enough to be kept by the extractor, with "
@@ -264,3 +266,24 @@ async def test_a_stop_while_waiting_for_redis_is_a_clean_stop(feeds, tmp_path): 
     assert await stop(daemon) == 0
     assert time.monotonic() - started < 3
     assert "Traceback" not in errors.text()
+
+
+async def test_a_run_still_going_when_the_next_is_due_is_skipped_without_a_warning(caplog) -> None:  # type: ignore[no-untyped-def]
+    scheduler = make_scheduler()
+    release, runs = asyncio.Event(), []
+
+    async def slow() -> None:
+        runs.append(time.monotonic())
+        await release.wait()
+
+    scheduler.add_job(slow, "interval", seconds=0.05)
+    with caplog.at_level(logging.DEBUG, logger="apscheduler"):
+        scheduler.start()
+        try:
+            await asyncio.sleep(0.6)  # about ten runs come due while the first is still going
+            assert len(runs) == 1
+        finally:
+            release.set()
+            scheduler.shutdown(wait=False)
+    assert caplog.records, "APScheduler's records should reach the log"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -99,6 +100,21 @@ async def open_redis(config: Config, *, attach: bool = False,
             await asyncio.to_thread(embedded.stop)
 
 
+def make_scheduler() -> AsyncIOScheduler:
+    """APScheduler for the daemon's periodic jobs: one run of a job at a time, missed runs coalesced.
+
+    A run still going when the next is due (a tick waiting on a slow or restarting Redis) makes
+    APScheduler skip that one with a warning, twice a second for the tick: by design here, not logged.
+    """
+    logging.getLogger("apscheduler.scheduler").addFilter(_not_skipped_runs)
+    job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+    return AsyncIOScheduler(job_defaults=job)
+
+
+def _not_skipped_runs(record: logging.LogRecord) -> bool:
+    return "maximum number of running instances reached" not in record.getMessage()
+
+
 class RedisUnreachable(Exception):
     """Redis did not answer at start, or refused our credentials; the message is one line."""
 
@@ -191,10 +207,9 @@ class Daemon:
             watchdog.progress()
 
         await asyncio.gather(parser.start(), extractor.start())  # warm workers before the first poll
-        scheduler = AsyncIOScheduler()
-        job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        scheduler.add_job(tick, "interval", seconds=TICK_SECONDS, **job)
-        scheduler.add_job(maintenance.run, "interval", seconds=60, **job)
+        scheduler = make_scheduler()
+        scheduler.add_job(tick, "interval", seconds=TICK_SECONDS)
+        scheduler.add_job(maintenance.run, "interval", seconds=60)
         scheduler.start()
         article_task = asyncio.create_task(articles.run(self.stop))
         # Alerts get their own client: notifiers pace themselves per webhook (ingester.alerts),
