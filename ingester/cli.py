@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", _demo, "run the whole pipeline offline on a bundled local feed", config=False)
     demo.add_argument("--seconds", type=float, default=60, help="give up after this long")
 
-    feeds = sub.add_parser("feeds", help="import, export or list the feeds in Redis")
+    feeds = sub.add_parser("feeds", help="import or export the feeds in Redis (OPML), or make them due now")
     feeds_sub = feeds.add_subparsers(required=True, metavar="ACTION")
     imp = feeds_sub.add_parser("import", help="add the feeds of an OPML file")
     imp.add_argument("file", type=Path)

@@ -21,10 +21,10 @@ from ingester.topics import Doc, Explanation, TopicSet, match_query
 def run_match(args: argparse.Namespace) -> int:
     network = NetworkConfig()
     topics = None
-    if args.topic:
-        if not args.config:
-            print("--topic needs --config", file=sys.stderr)
-            return 2
+    if args.topic and not args.config:
+        print("--topic needs --config", file=sys.stderr)
+        return 2
+    if args.config:  # its [network] (allow_private...) applies to a URL, with --query too
         config = load(args.config)
         network, topics = config.network, TopicSet(config.topics)
     try:

@@ -173,7 +173,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         addresses = await self._resolver.resolve(host.strip("[]"), port)
         for ip in addresses:  # one bad address refuses the host: no racing the resolver
             if reason := refusal(ip, self._allow):
-                raise BlockedAddress(host, f"refused: {host} resolves to {reason}")
+                named = "" if host.strip("[]") == str(ip) else f"{host}: "  # a name, not an IP literal
+                raise BlockedAddress(host, f"refused: {named}{reason}")
         return str(addresses[0])
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,

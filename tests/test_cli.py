@@ -70,6 +70,10 @@ def test_match_an_html_page_fetched_through_the_guard(httpserver, config: Path) 
         content_type="text/html")
     refused = ingester("match", "--query", "truce", httpserver.url_for("/p"))
     assert refused.returncode == 2 and "refused" in refused.stderr  # loopback is private by default
+    config.write_text('[network]\nallow_private = ["127.0.0.0/8"]\n' + config.read_text())
+    for target in (["--query", "truce AND Ukraine"], ["--topic", "ceasefire"]):  # the config's network
+        allowed = ingester("match", "--config", str(config), *target, httpserver.url_for("/p"))
+        assert allowed.returncode == 0 and "MATCH" in allowed.stdout, allowed.stdout + allowed.stderr
 
 
 def test_dlq_list_and_stats_on_an_empty_namespace(config: Path, redis_url: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import ipaddress
 import logging
+import re
 import socket
 import time
 import tracemalloc
@@ -148,6 +149,17 @@ GUARDED_FORMS = [
     "http://[::127.0.0.1]:{port}/",  # IPv4-compatible (deprecated)
     "HTTP://LOCALHOST:{port}/",
 ]
+
+
+async def test_the_refusal_names_the_address_and_the_host_it_came_from(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(ok=respond())
+    async with SafeClient(NO_PRIVATE) as client:
+        with pytest.raises(BlockedAddress) as literal:
+            await client.get(f"http://127.0.0.1:{server.port}/ok")
+        with pytest.raises(BlockedAddress) as named:
+            await client.get(f"http://localhost:{server.port}/ok")
+    assert literal.value.reason == "refused: 127.0.0.1 is a loopback address"
+    assert re.fullmatch(r"refused: localhost: (127\.0\.0\.1|::1) is a loopback address", named.value.reason)
 
 
 @pytest.mark.parametrize("template", GUARDED_FORMS)
