@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+
 from prometheus_client import Counter, Gauge, Histogram
 
 FEED_POLLS = Counter("ingester_feed_polls_total", "Feed polls by outcome (200, 304, error kind)",
@@ -36,3 +38,15 @@ STREAM_LAG = Gauge("ingester_consumer_group_lag", "Entries a consumer group has 
 STREAM_PENDING = Gauge("ingester_consumer_group_pending",
                        "Entries read but not yet acknowledged", ["stream", "group"])
 RSS_BYTES = Gauge("ingester_process_rss_bytes", "Resident memory of the daemon process")
+
+
+def current_rss() -> int:
+    """Resident bytes now (Linux), else the peak."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+RSS_BYTES.set_function(current_rss)  # read at each scrape

@@ -103,6 +103,12 @@ async def test_metrics_exposes_the_default_registry(http: httpx.AsyncClient) -> 
     assert "ingester_poll_seconds_bucket" in reply.text
 
 
+async def test_resident_memory_is_read_at_each_scrape(http: httpx.AsyncClient) -> None:
+    reply = await http.get("/metrics")
+    [line] = [x for x in reply.text.splitlines() if x.startswith("ingester_process_rss_bytes ")]
+    assert float(line.split()[1]) > 10 * 1024**2  # this test process: tens of megabytes, never 0
+
+
 async def test_metrics_speaks_openmetrics_when_asked(http: httpx.AsyncClient) -> None:
     reply = await http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert reply.headers["content-type"].startswith("application/openmetrics-text")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
@@ -36,7 +34,6 @@ class Maintenance:
                 await self._gauges(stream)
         except Exception as exc:  # Redis away: try again next time
             log.warning("maintenance failed", error=repr(exc))
-        metrics.RSS_BYTES.set(current_rss())
 
     async def _gauges(self, stream: str) -> None:
         metrics.STREAM_LENGTH.labels(stream=stream).set(await self.redis.xlen(stream))
@@ -49,12 +46,3 @@ class Maintenance:
             metrics.STREAM_PENDING.labels(**labels).set(int(group.get("pending") or 0))
             if group.get("lag") is not None:  # Redis >= 7
                 metrics.STREAM_LAG.labels(**labels).set(int(group["lag"]))
-
-
-def current_rss() -> int:
-    """Resident bytes now (Linux), else the peak."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
