@@ -454,16 +454,22 @@ async def test_stop_leaves_unsent_entries_pending(redis: aioredis.Redis, keys: K
     assert await dead(redis, keys) == []
 
 
-def test_matched_terms_from_the_query() -> None:
+def test_matched_terms_are_those_that_made_the_article_match() -> None:
     from ingester.alerts import matched_terms
+    from ingester.config import TopicConfig
     from ingester.query import parse
+    from ingester.topics import TopicSet
 
-    story = make_article(1, title="Kremlin talks", summary="Negotiators negotiated a cease-fire",
-                         text="No truce yet. Peace talks continue.")
-    query = parse('(ceasefire OR "cease-fire" OR truce) AND negotiat* AND NOT (war OR talks) '
-                  'AND "peace talks" NEAR/3 kremlin')
-    assert matched_terms(story, query) == ["cease fire", "truce", "negotiated", "negotiators",
-                                           "peace talks", "kremlin"]
+    story = make_article(1, title="Kremlin talks on Python", summary="Truce, truce everywhere",
+                         text="Negotiators negotiated a cease-fire. No truce yet. Android phones. "
+                              "Peace talks continue, said the Kremlin.")
+    query = ('(ceasefire OR "cease-fire" OR truce) AND negotiat* AND NOT (war OR famine) '
+             'AND ("peace talks" NEAR/5 kremlin) AND title:(android OR python) AND NOT title:pipeline')
+    topics = TopicSet([TopicConfig(name="t", query=query)])
+    assert matched_terms(story, topics, "t", parse(query)) == [
+        "cease fire", "truce", "negotiated", "negotiators", "peace talks", "kremlin", "python"]
+    # android is only in the text, the title scope's clause fired on python alone; the summary is
+    # not matched against (its truce does not count twice, nor would one there alone)
 
 
 def test_retry_after_seconds_and_dates() -> None:
