@@ -151,17 +151,28 @@ def _with_redis(config: Config, work: Callable[[Any], Awaitable[int]]) -> int:
     return asyncio.run(go())
 
 
-def _feeds_import(args: argparse.Namespace) -> int:
+async def _registry(redis: Any, config: Config) -> Any:
+    """The feed registry (ingester.schedule), with the config's own feeds in it, as a daemon registers
+    them when it starts: so that the feeds commands know them before any daemon has run."""
     from ingester.keys import Keys
+    from ingester.schedule import Schedule
+    from workers.daemon import feed_sources
+
+    schedule = Schedule(redis, Keys(config.redis.namespace), lease=60)
+    await schedule.add(feed_sources(config), origin="config")  # never removes: another config may run
+    return schedule
+
+
+def _feeds_import(args: argparse.Namespace) -> int:
     from ingester.opml import read_opml
-    from ingester.schedule import FeedSource, Schedule
+    from ingester.schedule import FeedSource
     from ingester.stats import progress
 
     config = load(args.config)
     feeds = [FeedSource(f.url, None, f.title, f.category) for f in read_opml(args.file.read_bytes())]
 
     async def work(redis: Any) -> int:
-        schedule = Schedule(redis, Keys(config.redis.namespace), lease=60)
+        schedule = await _registry(redis, config)
         added = 0
         with progress(transient=True) as bar:
             task = bar.add_task(f"importing {args.file.name}", total=len(feeds))
@@ -177,14 +188,13 @@ def _feeds_import(args: argparse.Namespace) -> int:
 
 def _feeds_poll_now(args: argparse.Namespace) -> int:
     """A running daemon polls them at its next tick (a feed being polled right now may be polled twice)."""
-    from ingester.keys import Keys
-    from ingester.schedule import Schedule, feed_id
+    from ingester.schedule import feed_id
     from ingester.stats import progress
 
     config = load(args.config)
 
     async def work(redis: Any) -> int:
-        schedule = Schedule(redis, Keys(config.redis.namespace), lease=60)
+        schedule = await _registry(redis, config)
         known = await schedule.feeds()
         wanted = {feed_id(url): url for url in args.urls} if args.urls else known
         unknown = [url for fid, url in wanted.items() if fid not in known]
@@ -229,6 +239,7 @@ def _feeds_export(args: argparse.Namespace) -> int:
     keys = Keys(config.redis.namespace)
 
     async def work(redis: Any) -> int:
+        await _registry(redis, config)
         feeds = []
         for fid in sorted(await redis.hkeys(keys.feeds)):
             state = await redis.hgetall(keys.feed(fid))

@@ -44,6 +44,21 @@ def test_feeds_import_then_export_round_trips(config: Path, tmp_path: Path, redi
     assert sorted(read_opml(exported.stdout.encode()), key=by_url) == sorted(feeds, key=by_url)
 
 
+def test_the_configs_feeds_are_known_before_any_daemon_ran(config: Path, tmp_path: Path,
+                                                           redis_url: str) -> None:
+    feed = "https://config.example/rss"
+    config.write_text(config.read_text() + f'\n[[feeds]]\nurl = "{feed}"\ninterval = "2m"\n')
+    env = {"INGESTER_REDIS_URL": redis_url}
+    now = ingester("feeds", "poll-now", "--config", str(config), feed, env=env)
+    assert now.returncode == 0 and now.stdout.strip() == "1 feeds due now", now.stderr
+    opml = tmp_path / "more.opml"
+    opml.write_bytes(write_opml([OpmlFeed(feed, "Same feed", None), OpmlFeed("https://new.example/rss")]))
+    imported = ingester("feeds", "import", str(opml), "--config", str(config), env=env)
+    assert "1 new feeds of 2" in imported.stdout, imported.stdout + imported.stderr
+    exported = ingester("feeds", "export", "--config", str(config), env=env)
+    assert {f.url for f in read_opml(exported.stdout.encode())} == {feed, "https://new.example/rss"}
+
+
 def test_match_a_query_on_a_file_and_on_stdin(tmp_path: Path) -> None:
     story = tmp_path / "story.txt"
     story.write_text("Ceasefire talks resume\nUkraine and Russia agreed to a thirty-day truce on Monday.\n")
