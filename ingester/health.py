@@ -126,7 +126,10 @@ class HealthServer:
         try:
             async with asyncio.timeout(PING_TIMEOUT):
                 await self.redis.ping()
-        except Exception as exc:  # refused, timed out, auth, failover in progress: not ready
+        except TimeoutError:  # the client retries a refused connection: all we see is the wait
+            body = {"status": "unavailable", "redis": f"no answer within {PING_TIMEOUT:g} s"}
+            return 503, "application/json", orjson.dumps(body) + b"\n"
+        except Exception as exc:  # auth, failover in progress...: not ready
             body = {"status": "unavailable", "redis": str(exc) or type(exc).__name__}
             return 503, "application/json", orjson.dumps(body) + b"\n"
         return 200, "application/json", b'{"status":"ok","redis":"ok"}\n'

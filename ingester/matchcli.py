@@ -31,7 +31,8 @@ def run_match(args: argparse.Namespace) -> int:
         doc = read_article(args.article, network)
         explanation = explain(doc, topics, args.topic, args.query)
     except (FetchError, OSError, KeyError, QueryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
+        print(f"error: {reason}", file=sys.stderr)
         return 2
     print(f"title: {doc.title}\nlanguage: {doc.language or 'unknown'}\n{explanation}")
     return 0 if explanation.passed else 1

@@ -77,6 +77,8 @@ def test_match_a_topic_of_the_config_on_the_seed_story(config: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "MATCH: score" in done.stdout and "ceasefire" in done.stdout
     assert "language: en" in done.stdout  # plain text: detected from the text
+    unknown = ingester("match", "--config", str(config), "--topic", "nosuch", str(SEED))
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "error: no topic named 'nosuch'"
 
 
 def test_match_an_html_page_fetched_through_the_guard(httpserver, config: Path) -> None:  # type: ignore[no-untyped-def]

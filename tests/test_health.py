@@ -88,7 +88,7 @@ async def test_readyz_is_503_when_redis_is_unreachable() -> None:
         async with httpx.AsyncClient(timeout=10) as http:
             reply = await http.get(f"http://127.0.0.1:{health.port}/readyz")
         assert reply.status_code == 503
-        assert reply.json()["status"] == "unavailable"
+        assert reply.json() == {"status": "unavailable", "redis": "no answer within 1 s"}
     finally:
         await health.stop()
         await client.aclose()
