@@ -112,6 +112,8 @@ class Poller:
             except Exception as exc:  # a bug met on this feed: count it against the feed, back off
                 log.exception("feed poll crashed", error=repr(exc))
                 result = await self._failed(state, "error", repr(exc))
+            log.debug("feed polled", outcome=result.outcome, new=result.new_entries,
+                      next_in=round(result.delay, 1))  # one per poll: --log-level DEBUG only
         metrics.POLL_SECONDS.observe(time.monotonic() - started)
         metrics.FEED_POLLS.labels(outcome=result.outcome).inc()
         await self.schedule.reschedule(fid, result.delay)

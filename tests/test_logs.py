@@ -98,6 +98,9 @@ async def test_poll_lines_name_stage_feed_and_host(redis: aioredis.Redis, keys: 
     failed = {line["feed"]: line for line in lines_with(captured, "feed poll failed")}
     assert failed.keys() == {broken, refused}
     assert (failed[broken]["outcome"], failed[broken]["host"]) == ("parse", "127.0.0.1")
+    polled = {line["feed"]: line for line in lines_with(captured, "feed polled")}  # DEBUG level
+    assert {feed: line["outcome"] for feed, line in polled.items()} == {broken: "parse", refused: "blocked"}
+    assert {line["log_level"] for line in polled.values()} == {"debug"}
 
 
 async def test_feed_binding_ends_with_the_poll(redis: aioredis.Redis, keys: Keys, pool: WorkerPool) -> None:
