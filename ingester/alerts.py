@@ -421,7 +421,8 @@ class Alerter:
         self._consumer = Consumer(redis, list(self.topics), GROUP, self.name, dead_stream=keys.dead,
                                   stage=STAGE, batch=batch, block_ms=block_ms,
                                   reclaim_idle=self._reclaim_idle,
-                                  max_attempts=config.articles.max_attempts)
+                                  max_attempts=config.articles.max_attempts,
+                                  new_group_at="$")  # a topic that gains a notifier: from now on
         self._queues: dict[str, asyncio.Queue[_Job]] = {n: asyncio.Queue() for n in self.notifiers.senders}
         self._in_flight: dict[tuple[str, str], _Pending] = {}
         self._max_in_flight = max_in_flight  # entries held in memory (a batch may overshoot it)
@@ -430,6 +431,11 @@ class Alerter:
         self._idle = asyncio.Event()
         self._busy_wait = busy_wait
         self._grace = grace
+
+    async def setup(self) -> None:
+        """Create the topics' consumer groups: before any article can match them, so that a new
+        topic's first match is alerted (a topic that gains a notifier is alerted from then on)."""
+        await self._consumer.setup()
 
     async def run(self, stop: asyncio.Event) -> None:
         with bound_contextvars(stage=STAGE):  # the tasks started here inherit it

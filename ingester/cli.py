@@ -142,13 +142,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _with_redis(config: Config, work: Callable[[Any], Awaitable[int]]) -> int:
-    from workers.daemon import open_redis
+    from workers.daemon import RedisUnreachable, open_redis
 
     async def go() -> int:
-        async with open_redis(config, attach=True) as redis:
+        async with open_redis(config, attach=True, wait=0) as redis:  # say so at once: no waiting
             return await work(redis)
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except RedisUnreachable as exc:
+        print(f"redis: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _registry(redis: Any, config: Config) -> Any:

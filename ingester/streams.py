@@ -22,10 +22,11 @@ class Message:
     deliveries: int = 1  # how many times this entry has been handed to a consumer
 
 
-async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
-    """Create the consumer group (and the stream) if missing; a new group starts at the beginning."""
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str, at: str = "0") -> None:
+    """Create the consumer group (and the stream) if missing. A new group starts at the beginning
+    (at="0"), or (at="$") with the entries added from now on: all of them when the stream is new."""
     try:
-        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        await redis.xgroup_create(stream, group, id=at, mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -41,7 +42,7 @@ class Consumer:
 
     def __init__(self, redis: aioredis.Redis, streams: list[str], group: str, name: str, *,
                  dead_stream: str, stage: str, batch: int = 50, block_ms: int = 1000,
-                 reclaim_idle: float = 300.0, max_attempts: int = 5) -> None:
+                 reclaim_idle: float = 300.0, max_attempts: int = 5, new_group_at: str = "0") -> None:
         self.redis = redis
         self.streams = streams
         self.group = group
@@ -52,12 +53,13 @@ class Consumer:
         self.block_ms = block_ms
         self.reclaim_idle_ms = int(reclaim_idle * 1000)
         self.max_attempts = max_attempts
+        self.new_group_at = new_group_at  # where a group created by setup() starts (ensure_group)
         self._next_reclaim = 0.0
         self._cursors: dict[str, str] = {}
 
     async def setup(self) -> None:
         for stream in self.streams:
-            await ensure_group(self.redis, stream, self.group)
+            await ensure_group(self.redis, stream, self.group, self.new_group_at)
 
     async def read(self) -> list[Message]:
         messages = await self._reclaim() if time.monotonic() >= self._next_reclaim else []

@@ -17,11 +17,12 @@ import structlog
 from aiohttp import web
 
 from ingester import metrics
-from ingester.alerts import Alerter
+from ingester.alerts import GROUP, Alerter
 from ingester.config import Config, from_dict
 from ingester.keys import Keys
 from ingester.record import Article
 from ingester.safehttp import SafeClient
+from ingester.streams import ensure_group
 
 SLACK_TOKEN = "XyZsecretTokenAbc123456789"
 HMAC_SECRET = "hmac-secret-value-42"
@@ -133,6 +134,8 @@ def make_article(n: int | str, cluster: int | str | None = None, **overrides: An
 
 
 async def publish(redis: aioredis.Redis, keys: Keys, *articles: Article, topic: str = "ceasefire") -> None:
+    """Matches written to the topic stream, as in a daemon whose alert sender was set up first."""
+    await ensure_group(redis, keys.topic(topic), GROUP)
     for a in articles:
         await redis.xadd(keys.topic(topic), {"data": a.dumps()})
 
@@ -212,6 +215,30 @@ async def test_one_alert_per_cluster(redis: aioredis.Redis, keys: Keys, hook: Ho
     assert 29 * 86400 < ttl <= 30 * 86400  # the dedup retention
     assert not await redis.exists(keys.alert_claim("newsroom", "ceasefire", "a1"))
     assert await pending(redis, keys) == 0
+
+
+async def test_a_topic_that_gains_a_notifier_is_alerted_from_then_on(redis: aioredis.Redis, keys: Keys,
+                                                                    hook: Hook, client: SafeClient) -> None:
+    for n in range(3):  # matches of a topic that had no notifier yet: no alerter group on its stream
+        await redis.xadd(keys.topic("ceasefire"), {"data": make_article(n).dumps()})
+    sender = alerter(redis, keys, make_config(hook, [{"name": "newsroom"}]), client)
+    await sender.setup()
+    await redis.xadd(keys.topic("ceasefire"), {"data": make_article("new").dumps()})
+    run = Running(sender)
+    await eventually(lambda: len(hook.received) == 1)
+    await asyncio.sleep(0.3)  # time enough for any other send
+    await run.stop()
+    assert [r.json()["blocks"][0]["text"]["text"] for r in hook.received] == ["Ceasefire story new"]
+
+
+async def test_a_new_topics_first_match_is_alerted(redis: aioredis.Redis, keys: Keys, hook: Hook,
+                                                   client: SafeClient) -> None:
+    sender = alerter(redis, keys, make_config(hook, [{"name": "newsroom"}]), client)
+    await sender.setup()  # as the daemon does before articles flow: the stream does not exist yet
+    await redis.xadd(keys.topic("ceasefire"), {"data": make_article(1).dumps()})
+    run = Running(sender)
+    await eventually(lambda: len(hook.received) == 1)
+    await run.stop()
 
 
 async def _acked_all(redis: aioredis.Redis, keys: Keys, count: int, topic: str = "ceasefire") -> bool:

@@ -9,13 +9,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import redis.asyncio as aioredis
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 
 from ingester import config as config_mod
 from ingester import systemd
@@ -46,6 +46,7 @@ from workers.poller import TICK_SECONDS, PollWorker
 log = structlog.get_logger("ingester.daemon")
 
 STARTUP_WAIT = 15.0  # seconds the daemon waits for Redis to answer at start (a service manager restarts it)
+PING_TIMEOUT = 3.0  # seconds for one attempt
 SPARE_REDIS_CONNECTIONS = 50  # readers, alert senders, maintenance, health, slots being released
 HEALTH_STALE_AFTER = 30.0  # /healthz fails when the scheduler has not ticked (every 0.5 s) for this long
 
@@ -70,12 +71,12 @@ def redis_connections(config: Config) -> int:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(config: Config, *, attach: bool = False,
+async def open_redis(config: Config, *, attach: bool = False, wait: float = STARTUP_WAIT,
                      stop: asyncio.Event | None = None) -> AsyncIterator[aioredis.Redis]:
     """The configured Redis, or a private redis-server child when none is configured.
 
     attach=True (CLI tools) uses the embedded server of a daemon already running on the same data.
-    Raises RedisUnreachable when it does not answer within STARTUP_WAIT (or `stop` is set meanwhile).
+    Raises RedisUnreachable when it does not answer within `wait` seconds (or `stop` is set meanwhile).
     """
     url = config.redis_url
     embedded = None
@@ -91,7 +92,7 @@ async def open_redis(config: Config, *, attach: bool = False,
             url, embedded = busy.url, None
     client = connect(url, namespace=config.redis.namespace, max_connections=redis_connections(config))
     try:
-        await _wait_for(url, stop or asyncio.Event())
+        await _wait_for(url, stop or asyncio.Event(), wait)
         log.info("redis connected", url=safe_url(url))
         yield client
     finally:
@@ -100,49 +101,68 @@ async def open_redis(config: Config, *, attach: bool = False,
             await asyncio.to_thread(embedded.stop)
 
 
+TICK_JOB = "tick"
+
+
 def make_scheduler() -> AsyncIOScheduler:
     """APScheduler for the daemon's periodic jobs: one run of a job at a time, missed runs coalesced.
 
-    A run still going when the next is due (a tick waiting on a slow or restarting Redis) makes
-    APScheduler skip that one with a warning, twice a second for the tick: by design here, not logged.
+    A tick still going when the next is due (waiting on a slow or restarting Redis) makes APScheduler
+    skip the next with a warning, twice a second: by design, so not logged (other jobs' skips are).
     """
-    logging.getLogger("apscheduler.scheduler").addFilter(_not_skipped_runs)
+    logging.getLogger("apscheduler.scheduler").addFilter(_not_a_skipped_tick)
     job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
     return AsyncIOScheduler(job_defaults=job)
 
 
-def _not_skipped_runs(record: logging.LogRecord) -> bool:
-    return "maximum number of running instances reached" not in record.getMessage()
+def _not_a_skipped_tick(record: logging.LogRecord) -> bool:
+    return not (record.getMessage().startswith(f'Execution of job "{TICK_JOB} (')
+                and "maximum number of running instances reached" in record.getMessage())
 
 
 class RedisUnreachable(Exception):
     """Redis did not answer at start, or refused our credentials; the message is one line."""
 
 
-async def _wait_for(url: str, stop: asyncio.Event) -> None:
-    """Ping until Redis answers, for STARTUP_WAIT at most; a refused password fails at once."""
+async def _wait_for(url: str, stop: asyncio.Event, wait: float) -> None:
+    """Ping until Redis answers, for `wait` seconds at most (or until `stop`); a refused password fails
+    at once. Each attempt gets PING_TIMEOUT: a host that drops packets is said so as soon as one ends."""
     probe, shown = connect(url, retry=False), safe_url(url)
-    deadline, warned = time.monotonic() + STARTUP_WAIT, False
+    deadline, warned = time.monotonic() + wait, False
     try:
-        while True:
+        while not stop.is_set():
             try:
-                async with asyncio.timeout(5):
-                    await probe.ping()
-                return
+                if await _unless(stop, asyncio.wait_for(probe.ping(), PING_TIMEOUT)):
+                    return
             except (AuthenticationError, ResponseError) as exc:  # NOAUTH, WRONGPASS: no use waiting
                 raise RedisUnreachable(f"cannot use {shown}: {exc}") from None
-            except (RedisError, OSError, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
-                if time.monotonic() >= deadline or stop.is_set():
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+                reason = str(exc) or f"no answer within {PING_TIMEOUT:g} s"
+                if time.monotonic() >= deadline:
                     raise RedisUnreachable(f"cannot reach {shown}: {reason}") from None
                 if not warned:
                     log.warning("redis not answering yet; retrying", url=shown, error=reason,
-                                for_seconds=STARTUP_WAIT)
+                                for_seconds=wait)
                     warned = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                await _unless(stop, asyncio.sleep(1.0))
+        raise RedisUnreachable(f"stopped while waiting for {shown}")
     finally:
         await probe.aclose()
+
+
+async def _unless(stop: asyncio.Event, work: Awaitable[object]) -> bool:
+    """Run `work` unless `stop` comes first (then cancel it): True when it finished."""
+    task, stopped = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    task.result()  # its exception, if any
+    return True
 
 
 class Daemon:
@@ -152,6 +172,7 @@ class Daemon:
         self.name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self._reloading: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         self._install_signals()  # from the start: a stop while starting up is a clean stop
@@ -208,14 +229,16 @@ class Daemon:
 
         await asyncio.gather(parser.start(), extractor.start())  # warm workers before the first poll
         scheduler = make_scheduler()
-        scheduler.add_job(tick, "interval", seconds=TICK_SECONDS)
+        scheduler.add_job(tick, "interval", seconds=TICK_SECONDS, name=TICK_JOB)
         scheduler.add_job(maintenance.run, "interval", seconds=60)
         scheduler.start()
-        article_task = asyncio.create_task(articles.run(self.stop))
         # Alerts get their own client: notifiers pace themselves per webhook (ingester.alerts),
         # and the per-host gate would make every Slack webhook share one slot on hooks.slack.com.
-        self.alert_client = SafeClient(config.network)
-        self._start_alerts(Alerter(redis, keys, config, self.alert_client, name=self.name))
+        self.keys, self.alert_client = keys, SafeClient(config.network)
+        alerter = Alerter(redis, keys, config, self.alert_client, name=self.name)
+        await alerter.setup()  # before the first article
+        article_task = asyncio.create_task(articles.run(self.stop))
+        self._start_alerts(alerter)
         self.ready.set()
         systemd.ready(f"{len(await schedule.feeds())} feeds, {len(config.topics)} topics")
         watchdog_task = asyncio.create_task(watchdog.run())  # systemd arms its timer at READY=1
@@ -247,7 +270,8 @@ class Daemon:
 
     def _start_alerts(self, alerter: Alerter) -> None:
         self._alerts_stop = asyncio.Event()
-        self._alerts = asyncio.create_task(alerter.run(self._alerts_stop))
+        self._alerts = asyncio.create_task(alerter.run(self._alerts_stop), name="alerts")
+        self._alerts.add_done_callback(_log_crash)
 
     async def _stop_alerts(self, grace: float) -> None:
         """Sends under way get `grace` to finish; an entry cut short stays pending and is sent again."""
@@ -260,30 +284,44 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        if not self.ready.is_set() or self.stop.is_set():
+            log.warning("reload ignored: the daemon is starting or stopping")
+        elif self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self.reload(), name="reload")
+            self._reloading.add_done_callback(_log_crash)
+        else:
+            log.warning("reload ignored: one is under way")
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config; new feeds, topics and notifiers apply (the alert sender starts
-        again with them), a broken config changes nothing."""
-        if not self.ready.is_set():
-            log.warning("reload ignored: the daemon is still starting")
-            return
+        again with them), a broken config changes nothing. Other sections need a restart."""
         systemd.reloading()
         try:
-            config = config_mod.load(self.config_path)
+            new = config_mod.load(self.config_path)
+            config = self.config.model_copy(update={"feeds": new.feeds, "sources": new.sources,
+                                                    "topics": new.topics, "notifiers": new.notifiers})
             topics = TopicSet(config.topics)
-            alerter = Alerter(self.redis, Keys(config.redis.namespace), config, self.alert_client,
-                              name=self.name)
+            alerter = Alerter(self.redis, self.keys, config, self.alert_client, name=self.name)
+            await alerter.setup()  # before the new topics can match
             added, removed = await self.schedule.sync(feed_sources(config))
         except Exception as exc:
             log.error("reload failed; keeping the running config", error=str(exc))
             systemd.ready("reload failed; running the previous config")
             return
+        self.config = config
         self.stage.topics = topics
         await self._stop_alerts(config.server.shutdown_grace)
         self._start_alerts(alerter)
         systemd.ready(f"reloaded: {len(config.topics)} topics")
         log.info("reloaded", feeds_added=added, feeds_removed=removed, topics=len(config.topics))
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task failed", task=task.get_name(), error=repr(exc))
 
 
 def run(config_path: str | Path) -> None:
