@@ -22,12 +22,26 @@ CONFIDENCE = 0.9  # the detector's probability (calibrated for the text's length
 KEEP_DECLARED = 0.05  # a declared language the detector gives at least this much is kept
 
 
+ISO_639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv
+dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig
+ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh
+mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru
+rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug
+uk ur uz ve vi vo wa wo xh yi yo za zh zu
+""".split())  # noqa: SIM905 (a table reads better as text). The 184 codes of the standard
+_RETIRED = {"iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro"}  # older codes, still written
+_AS_MODELLED = {"nb": "no"}  # py3langid calls Bokmål "no" (Norwegian): a page's "nb" is that
+
+
 def code(tag: str | None) -> str | None:
-    """A declared language tag as ISO 639-1: "en-US", "de_DE", "FR" -> "en", "de", "fr"; else None."""
+    """A declared language tag as ISO 639-1: "en-US", "de_DE", "FR" -> "en", "de", "fr". None for
+    what names no language ("jp", "cz" and "us" are countries, not languages)."""
     if not tag:
         return None
     primary = re.split(r"[-_,;\s]", tag.strip(), maxsplit=1)[0].lower()
-    return primary if len(primary) == 2 and primary.isascii() and primary.isalpha() else None
+    primary = _RETIRED.get(primary, primary)
+    return primary if primary in ISO_639_1 else None
 
 
 def resolve(text: str, *declared: str | None) -> str | None:
@@ -36,12 +50,13 @@ def resolve(text: str, *declared: str | None) -> str | None:
     if len(text) < MIN_CHARS:
         return stated
     ranking = _identifier().rank(text[:SAMPLE_CHARS])
-    if stated and dict(ranking).get(stated, 1.0) >= KEEP_DECLARED:  # one the model lacks is kept too
+    share = dict(ranking).get(_AS_MODELLED.get(stated, stated)) if stated else None
+    if share is not None and share >= KEEP_DECLARED:
         return stated
     best, probability = ranking[0]
-    if probability >= CONFIDENCE and code(best) == best:  # 2-letter codes only: the record says 639-1
+    if probability >= CONFIDENCE and code(best) == best:  # the model's 3-letter labels are not 639-1
         return str(best)
-    return stated
+    return stated  # the text is not clear
 
 
 @cache
