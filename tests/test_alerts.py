@@ -481,22 +481,31 @@ async def test_stop_leaves_unsent_entries_pending(redis: aioredis.Redis, keys: K
     assert await dead(redis, keys) == []
 
 
-def test_matched_terms_are_those_that_made_the_article_match() -> None:
+def terms(query: str, title: str, text: str) -> list[str]:
     from ingester.alerts import matched_terms
     from ingester.config import TopicConfig
-    from ingester.query import parse
     from ingester.topics import TopicSet
 
-    story = make_article(1, title="Kremlin talks on Python", summary="Truce, truce everywhere",
-                         text="Negotiators negotiated a cease-fire. No truce yet. Android phones. "
-                              "Peace talks continue, said the Kremlin.")
-    query = ('(ceasefire OR "cease-fire" OR truce) AND negotiat* AND NOT (war OR famine) '
-             'AND ("peace talks" NEAR/5 kremlin) AND title:(android OR python) AND NOT title:pipeline')
-    topics = TopicSet([TopicConfig(name="t", query=query)])
-    assert matched_terms(story, topics, "t", parse(query)) == [
-        "cease fire", "truce", "negotiated", "negotiators", "peace talks", "kremlin", "python"]
-    # android is only in the text, the title scope's clause fired on python alone; the summary is
-    # not matched against (its truce does not count twice, nor would one there alone)
+    story = make_article(1, title=title, text=text, summary="Truce, truce everywhere")
+    return matched_terms(story, TopicSet([TopicConfig(name="t", query=query)]), "t")
+
+
+def test_matched_terms_are_those_that_made_the_article_match() -> None:
+    assert terms('(ceasefire OR "cease-fire" OR truce) AND negotiat* AND NOT (war OR famine) '
+                 'AND ("peace talks" NEAR/5 kremlin) AND title:(android OR python) AND NOT title:pipeline',
+                 "Kremlin talks on Python",
+                 "Negotiators negotiated a cease-fire. No truce yet. Android phones. Peace talks continue, "
+                 "said the Kremlin.") == ["cease fire", "truce", "negotiated", "negotiators", "peace talks",
+                                          "kremlin", "python"]
+    # android is only in the text, where title:(...) does not look; the summary is not matched at all
+
+
+def test_matched_terms_keep_each_clause_to_its_own_words() -> None:
+    # "said" lies inside the NEAR's span, but its own clause is scoped to the title
+    assert terms('("peace talks" NEAR/5 kremlin) AND title:(android OR said)', "Android news",
+                 "Peace talks continue, said the Kremlin.") == ["peace talks", "kremlin", "android"]
+    assert terms("(peace NEAR/5 kremlin) AND (title:deal* OR russia)", "Talks",
+                 "Peace deal talks in the Kremlin, Russia says.") == ["peace", "kremlin", "russia"]
 
 
 def test_retry_after_seconds_and_dates() -> None:
