@@ -80,7 +80,7 @@ async def daemon_run(urls: list[str], seconds: float, concurrency: int, redis_ur
     parser = WorkerPool(1, timeout=20)
     schedule = Schedule(redis, keys, lease=60)
     await schedule.add((FeedSource(u, interval=1.0) for u in urls), origin="config")
-    worker = PollWorker(Poller(redis, keys, config, client, parser, schedule, gate), schedule,
+    worker = PollWorker(Poller(redis, keys, config, client, parser, schedule), schedule,
                         concurrency)
     scheduler = AsyncIOScheduler()
     scheduler.add_job(worker.tick, "interval", seconds=TICK_SECONDS, max_instances=1, coalesce=True,

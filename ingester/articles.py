@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from ingester import language as languages
 from ingester import metrics
 from ingester.canonical import article_id, canonical_url, normalize_url, source_host
 from ingester.config import Config
@@ -18,16 +19,17 @@ from ingester.extract import Extracted, ExtractError, Extractor, describe_text, 
 from ingester.pool import WorkerPool
 from ingester.publish import Publisher
 from ingester.record import Article, Entry, utc_iso
-from ingester.safehttp import FetchError, GateBusy, Response, SafeClient, Timeout
+from ingester.safehttp import FetchError, Response, SafeClient, Timeout
 from ingester.streams import Message
 from ingester.topics import Doc, TopicSet
 
 log = structlog.get_logger("ingester.articles")
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml", "")
-# Answers that say "not now" rather than "no": the entry is retried before the feed's content is used.
+# Answers that say "not now" rather than "no": the entry is retried before the feed's content is used,
+# on its PAGE_ATTEMPTS-th attempt at most (with the default reclaim_idle, ~10 minutes after the first).
 _PASSING_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_PASSING_FAILURES = (Timeout, GateBusy)  # GateBusy: our own queue for the host was full, nothing was sent
+PAGE_ATTEMPTS = 3
 
 
 class PageUnavailable(Exception):
@@ -56,8 +58,9 @@ class ArticleStage:
         """Handle one entry; returns "new", "duplicate" or "known" (skipped before fetching).
 
         Raises PageUnavailable when the page failed for a passing reason (a timeout, a 5xx or 429, a
-        dropped connection) and this is not the entry's last attempt (`articles.max_attempts`): then
-        the feed's content is used. Without a `source` message there is no retry.
+        dropped connection) and the entry has attempts left: the entry stays pending and comes back
+        after `articles.reclaim_idle`. Its last attempt (PAGE_ATTEMPTS, or `articles.max_attempts` if
+        fewer) uses the feed's content instead; without a `source` message the first one does.
         """
         linked = normalize_url(entry.link)
         if await self.publisher.known(linked):
@@ -65,7 +68,8 @@ class ArticleStage:
                 await self.publisher.redis.xack(source.stream, group, source.id)
             metrics.DUPLICATES.labels(kind="exact").inc()
             return "known"
-        last_try = source is None or source.deliveries >= self.config.articles.max_attempts
+        attempts = min(PAGE_ATTEMPTS, self.config.articles.max_attempts)
+        last_try = source is None or source.deliveries >= attempts
         page = await self._page(entry, last_try)
         article, sig = await self._article(entry, page)
         aliases = [linked, normalize_url(page.final_url)]
@@ -136,12 +140,14 @@ class ArticleStage:
         described in the pool (a page too short to use still declares its language)."""
         if page is not None:
             return page.signature, page.language
+        if not text:
+            return None, languages.resolve(text, *declared)
         return await self.hasher.run(describe_text, text, *declared)
 
 
 def _passing(exc: FetchError) -> bool:
-    """A timeout, a full host queue, or a network error (kind "network": refused, reset, DNS...)."""
-    return isinstance(exc, _PASSING_FAILURES) or (type(exc) is FetchError and exc.kind == "network")
+    """A timeout (no politeness slot in time included), or a network error (refused, reset, DNS...)."""
+    return isinstance(exc, Timeout) or type(exc) is FetchError
 
 
 def _is_html(response: Response) -> bool:

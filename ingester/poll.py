@@ -7,7 +7,6 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 import redis.asyncio as aioredis
@@ -18,9 +17,8 @@ from ingester import logs, metrics
 from ingester.config import Config
 from ingester.feedparse import FeedParseError, ParsedFeed, entry_key, parse_feed
 from ingester.keys import Keys
-from ingester.politeness import Gate
 from ingester.pool import TaskFailed, WorkerPool
-from ingester.safehttp import FetchError, GateBusy, SafeClient
+from ingester.safehttp import FetchError, GateBusy, SafeClient, retry_after
 from ingester.schedule import Schedule, feed_id, jittered
 
 log = structlog.get_logger("ingester.poll")
@@ -51,18 +49,6 @@ class PollResult:
     delay: float  # seconds until the next poll
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def max_age(headers: httpx.Headers) -> float | None:
     for directive in headers.get("cache-control", "").split(","):
         name, _, value = directive.strip().partition("=")
@@ -89,14 +75,13 @@ def initial_rate(parsed: ParsedFeed | None, default_interval: float) -> float:
 
 class Poller:
     def __init__(self, redis: aioredis.Redis, keys: Keys, config: Config, client: SafeClient,
-                 parser: WorkerPool, schedule: Schedule, gate: Gate | None = None) -> None:
+                 parser: WorkerPool, schedule: Schedule) -> None:
         self.redis = redis
         self.keys = keys
         self.config = config
         self.client = client
         self.parser = parser
         self.schedule = schedule
-        self.gate = gate
         self._queue_new = redis.register_script(QUEUE_NEW)
 
     async def poll(self, fid: str) -> PollResult:
@@ -130,8 +115,6 @@ class Poller:
         if response.status == 304:
             return await self._unchanged(state, "304", response.headers)
         if response.status in (429, 503) and (wait := retry_after(response.headers)) is not None:
-            if self.gate:
-                await self.gate.hold_off(response.host, wait)
             return await self._failed(state, str(response.status), "Retry-After", floor=wait)
         if response.status != 200:
             return await self._failed(state, f"http_{response.status}", f"HTTP {response.status}")

@@ -18,11 +18,13 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 import typing
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import brotli  # type: ignore[import-untyped]
@@ -88,6 +90,12 @@ class GateBusy(Timeout):
 
 class BadURL(FetchError):
     kind = "bad_url"
+
+
+class Undecodable(FetchError):
+    """The body's content encoding is corrupt: fetching it again gives the same bytes."""
+
+    kind = "undecodable"
 
 
 class TooManyRedirects(FetchError):
@@ -203,6 +211,21 @@ class HostGate(Protocol):
     """Politeness: holds a slot for one request to `host` (see ingester.politeness)."""
 
     def slot(self, host: str) -> AbstractAsyncContextManager[None]: ...
+
+    async def hold_off(self, host: str, seconds: float) -> None: ...
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds a 429 or 503 asks us to wait (Retry-After: seconds or an HTTP date), or None."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -393,7 +416,7 @@ class SafeClient:
         except (httpx.HTTPError, OSError) as exc:
             raise FetchError(shown(url), f"{type(exc).__name__}: {exc}") from None
         except _DECODE_ERRORS as exc:
-            raise FetchError(shown(url), f"undecodable body: {exc}") from None
+            raise Undecodable(shown(url), f"undecodable body: {exc}") from None
 
     @staticmethod
     def _refused(exc: FetchError) -> FetchError:
@@ -414,6 +437,7 @@ class SafeClient:
             except BlockedAddress as exc:  # name the URL asked for, and where it led if elsewhere
                 where = f" (redirected to {hop.shown(str(target))})" if redirects else ""
                 raise BlockedAddress(hop.shown(first), exc.reason + where) from None
+            await self._honour_retry_after(target.host, status, response_headers)
             location = response_headers.get("location")
             if not (follow and status in _REDIRECTS and location):
                 return Response(str(target), status, response_headers, body, redirects)
@@ -422,6 +446,11 @@ class SafeClient:
             redirects.append(str(target))
             url = str(target.join(location))
             hop.redirected(status, target, httpx.URL(url))
+
+    async def _honour_retry_after(self, host: str, status: int, headers: httpx.Headers) -> None:
+        """A 429 or 503 with Retry-After holds the host off: no daemon sends it anything before then."""
+        if self._gate is not None and status in (429, 503) and (wait := retry_after(headers)) is not None:
+            await self._gate.hold_off(host, wait)
 
     async def _once(self, url: httpx.URL, hop: _Hop, budget: asyncio.Timeout,
                     ) -> tuple[int, httpx.Headers, bytes]:

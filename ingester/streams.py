@@ -35,9 +35,10 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str, at: str =
 class Consumer:
     """At-least-once reading of one or more streams through a consumer group.
 
-    `read()` first takes over entries another consumer left pending for `reclaim_idle` seconds
-    (XAUTOCLAIM), then reads new ones. An entry delivered more than `max_attempts` times is moved
-    to the dead stream instead of being handed out again.
+    `read()` takes over entries left pending for `reclaim_idle` seconds (XAUTOCLAIM: a dead
+    consumer's, or entries left for a retry), and reads new ones, turn about while both wait: a
+    backlog of retries never holds up what is new. An entry delivered more than `max_attempts`
+    times is moved to the dead stream instead of being handed out again.
     """
 
     def __init__(self, redis: aioredis.Redis, streams: list[str], group: str, name: str, *,
@@ -55,6 +56,7 @@ class Consumer:
         self.max_attempts = max_attempts
         self.new_group_at = new_group_at  # where a group created by setup() starts (ensure_group)
         self._next_reclaim = 0.0
+        self._reclaimed_last = False  # then new entries come next, without waiting for them
         self._cursors: dict[str, str] = {}
 
     async def setup(self) -> None:
@@ -62,11 +64,14 @@ class Consumer:
             await ensure_group(self.redis, stream, self.group, self.new_group_at)
 
     async def read(self) -> list[Message]:
-        messages = await self._reclaim() if time.monotonic() >= self._next_reclaim else []
-        if messages:
+        reclaim_due = not self._reclaimed_last and time.monotonic() >= self._next_reclaim
+        if reclaim_due and (messages := await self._reclaim()):
+            self._reclaimed_last = True
             return messages
+        block = None if self._reclaimed_last else self.block_ms
+        self._reclaimed_last = False
         reply = await self.redis.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, ">"),
-                                            count=self.batch, block=self.block_ms)
+                                            count=self.batch, block=block)
         return [Message(stream, entry_id, fields)
                 for stream, entries in reply or [] for entry_id, fields in entries if fields]
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import redis.asyncio as aioredis
 from pytest_httpserver import HTTPServer
 
-from ingester.articles import ArticleStage
+from ingester.articles import PAGE_ATTEMPTS, ArticleStage
 from ingester.config import Config, from_dict
 from ingester.extract import Extractor
 from ingester.keys import Keys
@@ -320,26 +321,30 @@ async def test_an_entry_failing_n_times_goes_to_the_dead_stream(stage, httpserve
 async def test_a_page_failing_for_a_passing_reason_is_retried_then_the_feed_is_used(  # type: ignore[no-untyped-def]
         pools, httpserver, redis, keys):
     # Entries are retried after reclaim_idle: long enough here that none is taken over while in flight.
-    async with make_stage(make_config(reclaim_idle="1500ms"), redis, keys, pools) as stage:
+    config = make_config(reclaim_idle="3s", max_attempts=5)  # PAGE_ATTEMPTS (3) comes first
+    async with make_stage(config, redis, keys, pools) as stage:
         await asyncio.gather(stage.extractor.start(), stage.hasher.start())  # as the daemon does
-        await retried_then_feed(stage, httpserver, redis, keys)
+        with socket.socket() as closed:  # bound, not listening: connections are refused
+            closed.bind(("127.0.0.1", 0))
+            await retried_then_feed(stage, httpserver, redis, keys,
+                                    refused=f"http://127.0.0.1:{closed.getsockname()[1]}/story")
 
 
-async def retried_then_feed(stage, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+async def retried_then_feed(stage: ArticleStage, httpserver: HTTPServer, redis: aioredis.Redis,
+                            keys: Keys, refused: str) -> None:
     httpserver.expect_oneshot_request("/flaky").respond_with_data("busy", status=503)
     httpserver.expect_request("/flaky").respond_with_data(page("Flaky", STORY), content_type="text/html")
-    httpserver.expect_request("/down").respond_with_data("down", status=503, headers={"Retry-After": "0"})
+    httpserver.expect_request("/down").respond_with_data("down", status=503)
     httpserver.expect_request("/gone").respond_with_data("gone", status=404)
-    with socket.socket() as sock:  # a port nobody listens on: connection refused
-        sock.bind(("127.0.0.1", 0))
-        refused = f"http://127.0.0.1:{sock.getsockname()[1]}/story"
+    httpserver.expect_request("/corrupt").respond_with_data(b"not gzip at all", content_type="text/html",
+                                                            headers={"Content-Encoding": "gzip"})
     content = "<p>" + " ".join(OTHER) + "</p>"
-    urls = [httpserver.url_for("/flaky"), httpserver.url_for("/down"), httpserver.url_for("/gone"), refused]
+    urls = [httpserver.url_for(path) for path in ("/flaky", "/down", "/gone", "/corrupt")] + [refused]
     for url in urls:
         await redis.xadd(keys.entries, {"data": entry(url, content=content).dumps()})
 
     async def settled() -> bool:
-        written = await redis.xlen(keys.articles) == 4
+        written = await redis.xlen(keys.articles) == len(urls)
         return written and (await redis.xpending(keys.entries, GROUP))["pending"] == 0
 
     await run_worker(stage, consumer(redis, keys, "c1", stage.config), settled)
@@ -349,5 +354,5 @@ async def retried_then_feed(stage, httpserver, redis, keys):  # type: ignore[no-
     for url in urls[1:]:
         assert by_url[url].extraction == "feed" and "bike lanes" in by_url[url].text
     tries = Counter(request.path for request, _ in httpserver.log)
-    assert tries == {"/flaky": 2, "/down": 2, "/gone": 1}  # max_attempts = 2; a 404 is final at once
+    assert tries == {"/flaky": 2, "/down": PAGE_ATTEMPTS, "/gone": 1, "/corrupt": 1}  # final at once
     assert await redis.xlen(keys.dead) == 0

@@ -178,7 +178,7 @@ async def test_schedule_gate_and_poller(cluster: RedisCluster, tagged: Keys) -> 
         claimed = await schedule.claim(10)
         assert sorted(claimed) == sorted(feed_id(f.url) for f in feeds)
         assert await schedule.claim(10) == []  # leased
-        poller = Poller(redis_, tagged, config, client, parser, schedule, gate)  # type: ignore[arg-type]
+        poller = Poller(redis_, tagged, config, client, parser, schedule)  # type: ignore[arg-type]
         results = [await poller.poll(fid) for fid in claimed]
         assert sum(r.new_entries for r in results) == len(room.all_links())  # shared links queued once
         assert await cluster.xlen(tagged.entries) == len(room.all_links())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from pytest_httpserver import HTTPServer
 
 from ingester.config import NetworkConfig
 from ingester.connection import connect
@@ -112,6 +113,20 @@ async def test_hold_off_delays_the_next_start(site: Site, redis: aioredis.Redis,
         response = await client.get(f"{site.url}/feed", timeout=5)
     assert response.status == 200
     assert site.starts[0] - asked >= 1.2
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_retry_after_answer_holds_the_host_off_for_every_request(
+        httpserver: HTTPServer, redis: aioredis.Redis, keys: Keys, status: int) -> None:
+    httpserver.expect_request("/page").respond_with_data("slow down", status=status,
+                                                         headers={"Retry-After": "30"})
+    gate = Gate(redis, keys, min_gap=0)
+    async with SafeClient(NETWORK, gate=gate) as client:
+        assert (await client.get(httpserver.url_for("/page"))).status == status  # an article page
+        with pytest.raises(GateBusy):  # the next request to that host, a feed's say, waits its turn
+            await client.get(httpserver.url_for("/feed"), timeout=0.5)
+    assert await redis.pttl(keys.gate(HOST)) > 29_000
+    assert [request.path for request, _ in httpserver.log] == ["/page"]
 
 
 async def test_hold_off_never_shortens_a_longer_one(redis: aioredis.Redis, keys: Keys) -> None:

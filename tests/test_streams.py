@@ -181,6 +181,18 @@ async def test_reclaim_comes_before_new_entries(r: aioredis.Redis, keys: Keys) -
     assert [m.id for m in await b.read()] == new
 
 
+async def test_reclaimed_and_new_entries_take_turns(r: aioredis.Redis, keys: Keys) -> None:
+    a, b = consumer(r, keys, "a"), consumer(r, keys, "b", batch=2)
+    await a.setup()
+    old = await add(r, keys.entries, 4)
+    await a.read()  # a dies holding four
+    await asyncio.sleep(IDLE + 0.1)
+    new = await add(r, keys.entries, 4)
+    turns = [[m.id for m in await b.read()] for _ in range(4)]
+    assert turns == [old[:2], new[:2], old[2:], new[2:]]
+    assert await b.read() == []  # nothing left: this read waited block_ms for new entries
+
+
 async def test_entry_deleted_while_pending_is_dropped(r: aioredis.Redis, keys: Keys) -> None:
     a, b = consumer(r, keys, "a"), consumer(r, keys, "b")
     await a.setup()

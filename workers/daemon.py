@@ -207,7 +207,7 @@ class Daemon:
                             max_attempts=config.articles.max_attempts)
         watchdog = Watchdog()  # inert unless systemd set WATCHDOG_USEC for this process
         articles = ArticleWorker(stage, consumer, config.articles.concurrency, on_progress=watchdog.progress)
-        polls = PollWorker(Poller(redis, keys, config, client, parser, schedule, gate), schedule,
+        polls = PollWorker(Poller(redis, keys, config, client, parser, schedule), schedule,
                            config.polling.concurrency)
         maintenance = Maintenance(redis, keys, config)
         self.schedule, self.stage = schedule, stage
