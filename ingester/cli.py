@@ -7,12 +7,15 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ingester import logs
 from ingester.config import Config, ConfigError, load
+
+if TYPE_CHECKING:  # the commands import what they need when they run: a fast --help
+    from ingester.schedule import Schedule
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -155,7 +158,7 @@ def _with_redis(config: Config, work: Callable[[Any], Awaitable[int]]) -> int:
         return 1
 
 
-async def _registry(redis: Any, config: Config) -> Any:
+async def _registry(redis: Any, config: Config) -> Schedule:
     """The feed registry (ingester.schedule), with the config's own feeds in it, as a daemon registers
     them when it starts: so that the feeds commands know them before any daemon has run."""
     from ingester.keys import Keys

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio import BlockingConnectionPool
@@ -27,13 +27,17 @@ def _retry() -> dict[str, Any]:
 
 
 def safe_url(url: str) -> str:
-    """The URL with any password removed, for logs and error messages."""
+    """The URL with any password removed (redis-py also reads one from ?password=), for logs and errors."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        parts = parts._replace(netloc=user + netloc)
+    if "password" in parts.query.lower():
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def is_cluster(url: str) -> bool:

@@ -102,7 +102,7 @@ def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date:
         if tree is None:
             return None
         page_language, canonical, meta_date = _page_meta(tree, url)
-        text = _main_text(tree, url)
+        text = _main_text(tree, url)[:MAX_TEXT_CHARS]
         if not text:
             return None
         meta = _metadata(tree, url, find_day=want_date and not meta_date, find_byline=want_authors)
@@ -110,13 +110,13 @@ def extract_sync(html: str | bytes, url: str, content_type: str = "", want_date:
         return None
     return Extracted(
         title=(meta.title or "").strip(),
-        text=text[:MAX_TEXT_CHARS],
+        text=text,
         authors=_authors(meta.author),
         published_at=meta_date or _day_iso(meta.date),
-        language=languages.resolve(text[:MAX_TEXT_CHARS], page_language, feed_language),
+        language=languages.resolve(text, page_language, feed_language),
         canonical=canonical,
         sitename=meta.sitename or None,
-        signature=signature(text[:MAX_TEXT_CHARS]),
+        signature=signature(text),
     )
 
 

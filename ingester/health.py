@@ -127,12 +127,12 @@ class HealthServer:
             async with asyncio.timeout(PING_TIMEOUT):
                 await self.redis.ping()
         except TimeoutError:  # the client retries a refused connection: all we see is the wait
-            body = {"status": "unavailable", "redis": f"no answer within {PING_TIMEOUT:g} s"}
-            return 503, "application/json", orjson.dumps(body) + b"\n"
+            reason = f"no answer within {PING_TIMEOUT:g} s"
         except Exception as exc:  # auth, failover in progress...: not ready
-            body = {"status": "unavailable", "redis": str(exc) or type(exc).__name__}
-            return 503, "application/json", orjson.dumps(body) + b"\n"
-        return 200, "application/json", b'{"status":"ok","redis":"ok"}\n'
+            reason = str(exc) or type(exc).__name__
+        else:
+            return 200, "application/json", b'{"status":"ok","redis":"ok"}\n'
+        return 503, "application/json", orjson.dumps({"status": "unavailable", "redis": reason}) + b"\n"
 
     async def _metrics(self, accept: str) -> Response:
         encoder, content_type = choose_encoder(accept)  # OpenMetrics when the scraper asks for it

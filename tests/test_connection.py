@@ -91,6 +91,8 @@ def test_passwords_never_shown() -> None:
     assert safe_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert safe_url("redis://user:s3cret@host/0") == "redis://user:***@host/0"
     assert safe_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert safe_url("rediss://host/0?password=s3cret&ssl_cert_reqs=none") == \
+        "rediss://host/0?password=***&ssl_cert_reqs=none"
 
 
 async def test_more_commands_in_flight_than_connections_wait_for_one(redis_url: str, namespace: str) -> None:

@@ -104,9 +104,17 @@ async def test_metrics_exposes_the_default_registry(http: httpx.AsyncClient) -> 
 
 
 async def test_resident_memory_is_read_at_each_scrape(http: httpx.AsyncClient) -> None:
-    reply = await http.get("/metrics")
-    [line] = [x for x in reply.text.splitlines() if x.startswith("ingester_process_rss_bytes ")]
-    assert float(line.split()[1]) > 10 * 1024**2  # this test process: tens of megabytes, never 0
+    async def resident() -> float:
+        reply = await http.get("/metrics")
+        [line] = [x for x in reply.text.splitlines() if x.startswith("ingester_process_rss_bytes ")]
+        return float(line.split()[1])
+
+    before = await resident()
+    ballast = b"x" * (64 * 1024**2)  # written, so resident
+    after = await resident()
+    del ballast
+    assert before > 10 * 1024**2  # this test process: tens of megabytes, never 0
+    assert after - before > 48 * 1024**2
 
 
 async def test_metrics_speaks_openmetrics_when_asked(http: httpx.AsyncClient) -> None:
