@@ -252,6 +252,8 @@ class Daemon:
             watchdog_task.cancel()
             scheduler.shutdown(wait=False)
             await self._drain(polls, articles, article_task, config.server.shutdown_grace)
+            if self._reloading is not None:  # a reload under way finishes first (it sees the stop)
+                await asyncio.gather(self._reloading, return_exceptions=True)
             await self._stop_alerts(config.server.shutdown_grace)
             await asyncio.gather(client.aclose(), self.alert_client.aclose())
             extractor.close()
@@ -314,7 +316,8 @@ class Daemon:
         self.config = config
         self.stage.topics = topics
         await self._stop_alerts(config.server.shutdown_grace)
-        self._start_alerts(alerter)
+        if not self.stop.is_set():  # stopping meanwhile: no new sender
+            self._start_alerts(alerter)
         systemd.ready(f"reloaded: {len(config.topics)} topics")
         log.info("reloaded", feeds_added=added, feeds_removed=removed, topics=len(config.topics))
 
