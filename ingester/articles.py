@@ -13,7 +13,7 @@ import structlog
 
 from ingester import language as languages
 from ingester import metrics
-from ingester.canonical import article_id, canonical_url, normalize_url, source_host
+from ingester.canonical import article_id, canonical_url, normalize_url, source_host, without_credentials
 from ingester.config import Config
 from ingester.extract import Extracted, ExtractError, Extractor, describe_text, html_to_text
 from ingester.pool import WorkerPool
@@ -124,7 +124,8 @@ class ArticleStage:
         title = (ex.title if ex and ex.title else "") or entry.title
         scores = self.topics.match(Doc(title=title, text=text, language=language))
         article = Article(
-            id=aid, url=entry.link, canonical_url=canonical, feed_url=entry.feed_url,
+            id=aid, url=without_credentials(entry.link), canonical_url=canonical,
+            feed_url=without_credentials(entry.feed_url),
             source=source_host(canonical), title=title, text=text,
             summary=html_to_text(entry.summary) if entry.summary else "",
             authors=(ex.authors if ex and ex.authors else entry.authors),

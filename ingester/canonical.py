@@ -22,11 +22,19 @@ def normalize_url(url: str) -> str:
     """Lowercase scheme and host, no default port, no fragment, no tracking parameters, sorted query.
 
     Tracking parameters are courlan's list (utm_*, fbclid, gclid, mc_cid, ...); IDN hosts come out in
-    Unicode whether given in Unicode or punycode.
+    Unicode whether given in Unicode or punycode. A user name and password are dropped.
     """
-    normalized = courlan_normalize(url.strip(), strict=False)
+    normalized = courlan_normalize(without_credentials(url.strip()), strict=False)
     parts = urlsplit(normalized)
     return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, ""))
+
+
+def without_credentials(url: str) -> str:
+    """The URL without a user name or password: what a record may show of a feed's address."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def article_id(canonical: str) -> str:

@@ -9,6 +9,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -140,6 +141,10 @@ class FeedConfig(_Section):
     def _http(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            urlsplit(v).port  # noqa: B018 -- raises ValueError on a port out of 0-65535
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
         return v
 
 

@@ -540,4 +540,6 @@ def _checked_url(url: str, first: str, shown: Callable[[str], str]) -> httpx.URL
         raise BadURL(shown(first), f"refused: scheme {parsed.scheme or '(none)'!r} is not http(s){where}")
     if not parsed.host:
         raise BadURL(shown(first), f"no host{where}")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise BadURL(shown(first), f"port {parsed.port} out of range{where}")
     return parsed

@@ -184,6 +184,20 @@ async def test_language_is_the_texts_else_the_pages_else_the_feeds(  # type: ign
         ("trafilatura", "de"), ("trafilatura", "en"), ("feed", "de"), ("feed", "fr")]
 
 
+async def test_records_never_show_credentials(stage, httpserver, redis, keys):  # type: ignore[no-untyped-def]
+    httpserver.expect_request("/story").respond_with_data(page("Ceasefire talks", STORY),
+                                                          content_type="text/html")
+    secret_feed = httpserver.url_for("/feed").replace("://", "://reader:Feed-s3cret@")
+    secret_link = httpserver.url_for("/story").replace("://", "://reader:Link-s3cret@")
+    await stage.process(entry(secret_link, feed=secret_feed))
+    await stage.process(entry(httpserver.url_for("/bad-port").replace(":" + str(httpserver.port), ":99999"),
+                              content="<p>" + " ".join(OTHER) + "</p>"))  # no crash: the feed's text
+    story, bad_port = await articles(redis, keys)
+    assert (story.feed_url, story.url) == (httpserver.url_for("/feed"), httpserver.url_for("/story"))
+    assert "s3cret" not in story.dumps() and story.extraction == "trafilatura"
+    assert bad_port.extraction == "feed"
+
+
 async def test_a_page_over_network_max_bytes_falls_back_to_the_feed(  # type: ignore[no-untyped-def]
         redis, keys, pools, httpserver):
     small = page("Small", STORY)

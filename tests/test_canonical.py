@@ -23,6 +23,7 @@ LINKED = "https://feeds.example.net/r/123"
     ("http://example.com:80/a", "http://example.com/a"),
     ("http://example.com:8080/a", "http://example.com:8080/a"),
     ("https://example.com", "https://example.com/"),
+    ("https://reader:s3cret@example.com/a", "https://example.com/a"),  # credentials are no part of it
     # IDN hosts: punycode and Unicode spellings meet
     ("https://xn--bcher-kva.example/a", "https://bücher.example/a"),
     ("https://BÜCHER.example/a", "https://bücher.example/a"),

@@ -217,6 +217,7 @@ def test_unknown_keys(data: dict[str, Any], prefix: str) -> None:
     ({"feeds": [{"url": "ftp://a.example/f"}]}, "feeds[0].url: "),
     ({"feeds": [{"url": 5}]}, "feeds[0].url: "),
     ({"feeds": [{}]}, "feeds[0].url: "),
+    ({"feeds": [{"url": "http://a.example:99999/f"}]}, "feeds[0].url: "),
     ({"feeds": {"url": "https://a.example/f"}}, "feeds: "),
     ({"redis": {"url": "http://127.0.0.1:6379"}}, "redis.url: "),
     ({"redis": {"url": 6379}}, "redis.url: "),
