@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from pytest_httpserver import HTTPServer
 
 from ingester.articles import PAGE_ATTEMPTS, ArticleStage
@@ -370,3 +372,47 @@ async def retried_then_feed(stage: ArticleStage, httpserver: HTTPServer, redis: 
     tries = Counter(request.path for request, _ in httpserver.log)
     assert tries == {"/flaky": 2, "/down": PAGE_ATTEMPTS, "/gone": 1, "/corrupt": 1}  # final at once
     assert await redis.xlen(keys.dead) == 0
+
+
+async def test_one_sites_backlog_does_not_hold_up_the_others(pools, redis, keys):  # type: ignore[no-untyped-def]
+    """Site A's six entries come first in the stream, then site B's two: at most two of A's run at
+    once (network.host_concurrency), and B's start at once rather than after A's backlog."""
+    starts: list[tuple[str, float]] = []
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+
+    async def story(request: web.Request) -> web.Response:
+        host = request.host.split(":")[0]
+        starts.append((host, time.monotonic()))
+        running[host] += 1
+        peak[host] = max(peak[host], running[host])
+        await asyncio.sleep(0.5)
+        running[host] -= 1
+        return web.Response(text=page(f"Story {request.path}", STORY), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{name}", story)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sites = {}
+    for host in ("127.0.0.1", "127.0.0.2"):
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        sites[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with make_stage(make_config(), redis, keys, pools) as stage:
+            urls = [f"http://127.0.0.1:{sites['127.0.0.1']}/a{i}" for i in range(6)]
+            urls += [f"http://127.0.0.2:{sites['127.0.0.2']}/b{i}" for i in range(2)]
+            for url in urls:
+                await redis.xadd(keys.entries, {"data": entry(url).dumps()})
+
+            async def all_written() -> bool:
+                return bool(await redis.xlen(keys.articles) == len(urls))
+
+            await run_worker(stage, consumer(redis, keys, "c1", stage.config), all_written)
+    finally:
+        await runner.cleanup()
+    assert peak["127.0.0.1"] <= 2  # make_config's network: host_concurrency 2 (the default)
+    first_b = min(t for host, t in starts if host == "127.0.0.2")
+    third_a = sorted(t for host, t in starts if host == "127.0.0.1")[2]
+    assert first_b < third_a

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+from collections import Counter, deque
 from collections.abc import Callable
 
 import orjson
@@ -21,17 +24,29 @@ STAGE = "articles"
 
 
 class ArticleWorker:
-    """At most `concurrency` entries in flight. An entry is acknowledged only with its article
-    (see ingester.publish); one that fails stays pending and is retried, then dead-lettered."""
+    """At most `concurrency` entries in flight, and at most `per_host` of them for one site.
 
-    def __init__(self, stage: ArticleStage, consumer: Consumer, concurrency: int, *,
+    Entries are read ahead (up to READ_AHEAD x concurrency) and started site by site, in turn: a
+    feed lists its own site's articles one after another, and without this they would fill every
+    slot, each waiting out the site's politeness gap while other sites' articles waited behind them.
+    An entry is acknowledged only with its article (see ingester.publish); one that fails stays
+    pending and is retried, then dead-lettered; one read ahead and not started stays pending too.
+    """
+
+    READ_AHEAD = 4
+
+    def __init__(self, stage: ArticleStage, consumer: Consumer, concurrency: int, *, per_host: int = 2,
                  on_progress: Callable[[], None] = lambda: None) -> None:
         self.stage = stage
         self.on_progress = on_progress  # the systemd watchdog: this loop is still turning
         self.consumer = consumer
         self.concurrency = concurrency
+        self.per_host = per_host
         self.tasks: set[asyncio.Task[None]] = set()
-        self._room = asyncio.Semaphore(concurrency)
+        self._waiting: dict[str, deque[tuple[Message, Entry]]] = {}  # by host; the order is the turn
+        self._active: Counter[str] = Counter()  # entries in flight by host
+        self._held: set[str] = set()  # ids read and not finished (a reclaim may hand them out again)
+        self._finished = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         with bound_contextvars(stage=STAGE):  # entry tasks started here inherit it
@@ -40,9 +55,14 @@ class ArticleWorker:
     async def _run(self, stop: asyncio.Event) -> None:
         await self.consumer.setup()
         while not stop.is_set():
-            await self._room.acquire()  # read only what we have room for
-            self._room.release()
-            self.consumer.batch = max(1, self.concurrency - len(self.tasks))
+            room = self.READ_AHEAD * self.concurrency - len(self._held)
+            if room <= 0:  # read ahead enough: wait for an entry to finish
+                self._finished.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), 1.0)
+                self.on_progress()
+                continue
+            self.consumer.batch = room
             try:
                 messages = await self.consumer.read()
             except Exception as exc:  # Redis restarting: the client retries, then we do
@@ -52,21 +72,45 @@ class ArticleWorker:
             finally:
                 self.on_progress()
             for msg in messages:
-                await self._room.acquire()
-                task = asyncio.create_task(self._handle(msg))
-                self.tasks.add(task)
-                task.add_done_callback(self._done)
+                await self._hold(msg)
+            self._start()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        self._room.release()
-
-    async def _handle(self, msg: Message) -> None:
+    async def _hold(self, msg: Message) -> None:
+        if msg.id in self._held:
+            return
         try:
             entry = Entry.loads(msg.fields["data"])
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             await self.consumer.dead_letter(msg, f"unreadable entry: {exc!r}")
             return
+        self._held.add(msg.id)
+        self._waiting.setdefault(logs.url_host(entry.link), deque()).append((msg, entry))
+
+    def _start(self) -> None:
+        """Start waiting entries while there is room, one site after another."""
+        while len(self.tasks) < self.concurrency:
+            host = next((h for h in self._waiting if self._active[h] < self.per_host), None)
+            if host is None:
+                return
+            queue = self._waiting.pop(host)
+            msg, entry = queue.popleft()
+            if queue:
+                self._waiting[host] = queue  # to the back of the turn
+            self._active[host] += 1
+            task = asyncio.create_task(self._handle(msg, entry))
+            self.tasks.add(task)
+            task.add_done_callback(functools.partial(self._done, host, msg.id))
+
+    def _done(self, host: str, entry_id: str, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._held.discard(entry_id)
+        self._active[host] -= 1
+        if not self._active[host]:
+            del self._active[host]
+        self._finished.set()
+        self._start()
+
+    async def _handle(self, msg: Message, entry: Entry) -> None:
         bind_contextvars(feed=entry.feed_url, host=logs.url_host(entry.link))  # this task's context
         try:
             await self.stage.process(entry, msg, self.consumer.group)
@@ -81,6 +125,7 @@ class ArticleWorker:
                           attempt=msg.deliveries)
 
     async def drain(self, timeout: float) -> None:
+        self._waiting.clear()  # not started: they stay pending for the next run
         if self.tasks:
             _, pending = await asyncio.wait(list(self.tasks), timeout=timeout)
             for task in pending:

@@ -206,7 +206,8 @@ class Daemon:
                             stage="articles", reclaim_idle=config.articles.reclaim_idle,
                             max_attempts=config.articles.max_attempts)
         watchdog = Watchdog()  # inert unless systemd set WATCHDOG_USEC for this process
-        articles = ArticleWorker(stage, consumer, config.articles.concurrency, on_progress=watchdog.progress)
+        articles = ArticleWorker(stage, consumer, config.articles.concurrency,
+                                 per_host=config.network.host_concurrency, on_progress=watchdog.progress)
         polls = PollWorker(Poller(redis, keys, config, client, parser, schedule), schedule,
                            config.polling.concurrency)
         maintenance = Maintenance(redis, keys, config)
