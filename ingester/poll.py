@@ -178,13 +178,14 @@ class Poller:
         delay = self._next(state, rate, max(parsed.ttl or 0, max_age(headers) or 0))
         fields = {"etag": headers.get("etag", ""), "last_modified": headers.get("last-modified", ""),
                   "body_hash": body_hash, "title": parsed.title or state.get("title", ""),
+                  "ttl": parsed.ttl or "",  # the feed's own floor, kept for the polls that get no body
                   "last_success": time.time(), "last_status": "200", "failures": 0}
         await self._record(state, fields, rate, delay, new=new)
         return PollResult("200", new, jittered(delay))
 
     async def _unchanged(self, state: dict[str, str], outcome: str, headers: httpx.Headers) -> PollResult:
         rate = self._rate(state, 0)
-        delay = self._next(state, rate, max_age(headers))
+        delay = self._next(state, rate, max(float(state.get("ttl") or 0), max_age(headers) or 0))
         fields = {"last_success": time.time(), "last_status": outcome, "failures": 0}
         await self._record(state, fields, rate, delay, not_modified=True)
         return PollResult(outcome, 0, jittered(delay))

@@ -171,6 +171,24 @@ async def test_ttl_and_max_age_are_floors_capped_by_max_interval(env, httpserver
     assert huge.delay <= 6 * 3600 * 1.1
 
 
+async def test_the_feeds_ttl_still_counts_when_it_answers_304_or_the_same_bytes(env, httpserver):  # type: ignore[no-untyped-def]
+    poller, schedule = env
+
+    def conditional(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(status=304)
+        return Response(rss("a", ttl=90), content_type="text/xml", headers={"ETag": '"v1"'})
+
+    httpserver.expect_request("/etag").respond_with_handler(conditional)
+    httpserver.expect_request("/same").respond_with_data(rss("b", ttl=90), content_type="text/xml")
+    for path, outcome in (("/etag", "304"), ("/same", "unchanged")):
+        fid = await register(schedule, httpserver.url_for(path))
+        assert (await poller.poll(fid)).outcome == "200"
+        again = await poller.poll(fid)
+        assert again.outcome == outcome
+        assert again.delay >= 90 * 60 * 0.9  # the <ttl> of the last body, not the adaptive guess
+
+
 async def test_failures_back_off_but_never_give_up(env, httpserver, redis, keys):  # type: ignore[no-untyped-def]
     poller, schedule = env
     httpserver.expect_request("/feed").respond_with_data("gone", status=500)
