@@ -183,9 +183,10 @@ def _feedparser_entry(raw: Any, feed_url: str, feed_language: str | None) -> Ent
 
 
 def _entry_language(raw: Any, content: list[Any]) -> str | None:
-    """An Atom entry's xml:lang, which feedparser gives its text parts (RSS <language> is the feed's)."""
+    """An item's dc:language, or an Atom entry's xml:lang, which feedparser gives its text parts
+    (RSS <language> is the feed's)."""
     details = [*content, raw.get("summary_detail"), raw.get("title_detail")]
-    tags = (d.get("language") for d in details if isinstance(d, dict))
+    tags = [raw.get("language"), *(d.get("language") for d in details if isinstance(d, dict))]
     return next((c for c in map(language_code, tags) if c), None)
 
 

@@ -17,7 +17,8 @@ from functools import cache
 from py3langid.langid import MODEL_FILE, LanguageIdentifier  # type: ignore[import-untyped]
 
 SAMPLE_CHARS = 1000  # the answer of 20,000 on 984 of those 986 texts, at a sixth of the cost
-MIN_CHARS = 200  # shorter text is left to the declarations
+MIN_CHARS = 200  # shorter text cannot overrule a declaration...
+UNDECLARED_MIN_CHARS = 100  # ...but names the language of one that has none (0.5 % wrong at 100 chars)
 CONFIDENCE = 0.9  # the detector's probability (calibrated for the text's length) needed to decide
 KEEP_DECLARED = 0.05  # a declared language the detector gives at least this much is kept
 
@@ -47,7 +48,7 @@ def code(tag: str | None) -> str | None:
 def resolve(text: str, *declared: str | None) -> str | None:
     """The language of `text`: detected, or the first usable declaration (page before feed)."""
     stated = next((c for c in map(code, declared) if c), None)
-    if len(text) < MIN_CHARS:
+    if len(text) < (MIN_CHARS if stated else UNDECLARED_MIN_CHARS):
         return stated
     ranking = _identifier().rank(text[:SAMPLE_CHARS])
     share = dict(ranking).get(_AS_MODELLED.get(stated, stated)) if stated else None

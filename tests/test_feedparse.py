@@ -64,6 +64,7 @@ def test_rss10_rdf_with_syndication_module() -> None:
     assert entry.guid == "http://wire.example.org/story/1"  # rdf:about
     assert entry.authors == ["Ana Lima"]
     assert entry.published_at == "2025-03-15T09:04:05Z"
+    assert entry.language == "en"  # the item's dc:language before the channel's (de)
     assert feed.ttl == 1800.0  # hourly, twice an hour
 
 

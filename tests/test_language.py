@@ -59,7 +59,8 @@ def test_short_text_keeps_the_first_usable_declaration() -> None:
     short = GERMAN[:language.MIN_CHARS - 1]
     assert language.resolve(short, "en") == "en"  # too short to overrule anyone
     assert language.resolve(short, None, "english", "fr-FR") == "fr"
-    assert language.resolve(short) is None
+    assert language.resolve(short) == "de"  # long enough to name an undeclared language
+    assert language.resolve(GERMAN[:language.UNDECLARED_MIN_CHARS - 1]) is None
 
 
 def test_a_declaration_that_names_no_language_gives_way() -> None:
