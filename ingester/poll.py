@@ -179,6 +179,7 @@ class Poller:
         fields = {"etag": headers.get("etag", ""), "last_modified": headers.get("last-modified", ""),
                   "body_hash": body_hash, "title": parsed.title or state.get("title", ""),
                   "ttl": parsed.ttl or "",  # the feed's own floor, kept for the polls that get no body
+                  **({} if "first_success" in state else {"first_success": time.time(), "backlog": new}),
                   "last_success": time.time(), "last_status": "200", "failures": 0}
         await self._record(state, fields, rate, delay, new=new)
         return PollResult("200", new, jittered(delay))
@@ -187,7 +188,7 @@ class Poller:
         rate = self._rate(state, 0)
         delay = self._next(state, rate, max(float(state.get("ttl") or 0), max_age(headers) or 0))
         fields = {"last_success": time.time(), "last_status": outcome, "failures": 0}
-        await self._record(state, fields, rate, delay, not_modified=True)
+        await self._record(state, fields, rate, delay, not_modified=outcome == "304")
         return PollResult(outcome, 0, jittered(delay))
 
     async def _failed(self, state: dict[str, str], outcome: str, reason: str,

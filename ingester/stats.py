@@ -48,6 +48,8 @@ class FeedStat:
     not_modified: int = 0
     failures: int = 0
     new_items: int = 0
+    first_success: float | None = None
+    backlog: int = 0  # the items of that first successful poll: there before the feed was followed
 
     @property
     def name(self) -> str:
@@ -55,10 +57,13 @@ class FeedStat:
         apart the feeds of one site that never parsed."""
         return self.title or self.url.split("://", 1)[-1]
 
-    @property
-    def items_per_day(self) -> float | None:
-        """None until a poll succeeded: before that the rate is only the poller's starting guess."""
-        return self.rate * DAY if self.last_success is not None else None
+    def items_per_day(self, now: float | None = None) -> float | None:
+        """New items since the first successful poll (its backlog left out), per day of following, the
+        first hour counted as a whole hour; None until a poll succeeded."""
+        if self.first_success is None:
+            return None
+        following = max((now or time.time()) - self.first_success, 3600.0)
+        return max(0, self.new_items - self.backlog) / following * DAY
 
     @property
     def not_modified_ratio(self) -> float | None:
@@ -107,7 +112,8 @@ def feed_from_state(fid: str, url: str, state: dict[str, str]) -> FeedStat:
         last_error_at=_float(state.get("last_error_at")), last_status=state.get("last_status", ""),
         interval=_float(state.get("interval")), rate=_float(state.get("rate")) or 0.0,
         polls=_int(state.get("polls")), not_modified=_int(state.get("not_modified")),
-        failures=_int(state.get("failures")), new_items=_int(state.get("new_items")))
+        failures=_int(state.get("failures")), new_items=_int(state.get("new_items")),
+        first_success=_float(state.get("first_success")), backlog=_int(state.get("backlog")))
 
 
 def sort_key(feed: FeedStat) -> tuple[bool, int, str]:
@@ -187,13 +193,13 @@ def _feed_row(feed: FeedStat, now: float) -> list[RenderableType]:
     if feed.last_error and feed.failing:
         short = feed.last_error if len(feed.last_error) <= 40 else feed.last_error[:39] + "…"
         error = Text(f"{short} ({ago(feed.last_error_at, now)})", style="red")
-    ratio = feed.not_modified_ratio
+    ratio, per_day = feed.not_modified_ratio, feed.items_per_day(now)
     return [
         Text(feed.name, style="bold red" if feed.failing else ""),
         ago(feed.last_success, now),
         error,
         duration(feed.interval) if feed.interval is not None else "-",
-        f"{feed.items_per_day:.1f}" if feed.items_per_day is not None else "-",
+        f"{per_day:.1f}" if per_day is not None else "-",
         f"{ratio:.0%}" if ratio is not None else "-",
         Text(str(feed.failures), style="red" if feed.failing else "dim"),
     ]

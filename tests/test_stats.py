@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -66,13 +67,32 @@ async def test_feed_stats_from_real_polls(poller: Poller, httpserver: HTTPServer
     assert failing.url == gone and failing.failures == 2 and failing.last_success is None
     assert failing.last_error.startswith("http_404") and failing.last_error_at is not None
     assert failing.name == gone.removeprefix("http://")  # no title: the address
-    assert failing.items_per_day is None  # never fetched: no rate to speak of
+    assert failing.items_per_day() is None  # never fetched: nothing to count
     assert healthy.name == "Good news" and healthy.failures == 0 and not healthy.failing
     assert healthy.polls == 4 and healthy.not_modified == 3 and healthy.not_modified_ratio == 0.75
     assert healthy.new_items == 3 and healthy.last_status == "304"
     assert healthy.last_success is not None and abs(healthy.last_success - time.time()) < 60
     assert healthy.interval is not None and 60 <= healthy.interval <= 6 * 3600
-    assert healthy.items_per_day == pytest.approx(healthy.rate * 86400)
+    assert healthy.items_per_day() == 0.0  # its three items were there before it was followed
+
+
+async def test_items_per_day_are_counted_and_the_304_ratio_is_304s(
+        poller: Poller, httpserver: HTTPServer, redis: aioredis.Redis, keys: Keys) -> None:
+    polls = itertools.count(2)
+    httpserver.expect_request("/growing").respond_with_handler(  # one more item at each poll
+        lambda request: Response(rss("Growing", *(f"g{i}" for i in range(next(polls)))),
+                                 content_type="application/rss+xml"))
+    httpserver.expect_request("/same").respond_with_data(rss("Same", "a"), content_type="application/rss+xml")
+    growing, same = httpserver.url_for("/growing"), httpserver.url_for("/same")
+    await poller.schedule.add([FeedSource(growing), FeedSource(same)], origin="config")
+    for _ in range(3):
+        await poller.poll(feed_id(growing))
+        await poller.poll(feed_id(same))
+    by_url = {feed.url: feed for feed in await stats.feed_stats(redis, keys)}
+    assert by_url[growing].backlog == 2 and by_url[growing].new_items == 4
+    assert by_url[growing].items_per_day() == pytest.approx(2 / 3600 * 86400)  # 2 new in under an hour
+    assert by_url[same].last_status == "unchanged"  # no validators, the same bytes: not a 304
+    assert by_url[same].not_modified == 0 and by_url[same].not_modified_ratio == 0.0
 
 
 async def test_a_feed_never_polled_is_listed(redis: aioredis.Redis, keys: Keys) -> None:
@@ -128,7 +148,7 @@ def test_render_puts_failing_feeds_first() -> None:
     now = 1_750_000_000.0
     feeds = [
         FeedStat("1", "https://ok.example/rss", "Fine Feed", last_success=now - 120, interval=300,
-                 rate=10 / 86400, polls=10, not_modified=4),
+                 polls=10, not_modified=4, first_success=now - 2 * 86400, backlog=5, new_items=25),
         FeedStat("2", "https://broken.example/rss", "", last_success=now - 3 * 86400,
                  last_error="timeout: no response within 30 s from the server at broken.example",
                  last_error_at=now - 60, interval=3600, polls=5, failures=3),
