@@ -50,6 +50,10 @@ def main() -> None:
         mark = "  <- ingester" if size == language.SAMPLE_CHARS else ""
         print(f"  first {size:6d} chars: {elapsed / len(texts) * 1000:6.3f} ms per text, "
               f"same answer as {SIZES[-1]} chars on {same}{mark}")
+    short = [identifier.rank(t[:language.UNDECLARED_MIN_CHARS])[0] for t in texts]
+    sure = [(best, ref) for (best, p), ref in zip(short, reference, strict=True) if p >= language.CONFIDENCE]
+    print(f"  first {language.UNDECLARED_MIN_CHARS} chars (an undeclared short text): confident on "
+          f"{len(sure)}, of which {sum(b != r for b, r in sure)} differ from the {SIZES[-1]}-char answer")
     started = time.process_time()
     resolved = [language.resolve(t, d) for t, d in zip(texts, declared, strict=True)]
     elapsed = time.process_time() - started
