@@ -7,11 +7,11 @@ import json
 
 import pytest
 import trafilatura
+from conftest import shared_path
 
 from ingester import language
 from ingester.extract import _page_meta, describe_text, extract_sync
 from ingester.safehttp import decode_html
-from tests.conftest import shared_path
 
 GERMAN = (
     "Die Gespräche über einen Waffenstillstand wurden am Sonntag in London fortgesetzt. Die Regierungschefs "
