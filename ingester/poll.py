@@ -179,8 +179,9 @@ class Poller:
         fields = {"etag": headers.get("etag", ""), "last_modified": headers.get("last-modified", ""),
                   "body_hash": body_hash, "title": parsed.title or state.get("title", ""),
                   "ttl": parsed.ttl or "",  # the feed's own floor, kept for the polls that get no body
-                  **({} if "first_success" in state else {"first_success": time.time(), "backlog": new}),
                   "last_success": time.time(), "last_status": "200", "failures": 0}
+        if "first_success" not in state:  # its items were there before the feed was followed (stats)
+            fields.update(first_success=time.time(), backlog=new)
         await self._record(state, fields, rate, delay, new=new)
         return PollResult("200", new, jittered(delay))
 

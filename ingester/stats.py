@@ -43,7 +43,6 @@ class FeedStat:
     last_error_at: float | None = None
     last_status: str = ""
     interval: float | None = None
-    rate: float = 0.0  # new items per second, smoothed
     polls: int = 0
     not_modified: int = 0
     failures: int = 0
@@ -110,7 +109,7 @@ def feed_from_state(fid: str, url: str, state: dict[str, str]) -> FeedStat:
         id=fid, url=state.get("url") or url, title=state.get("title", ""),
         last_success=_float(state.get("last_success")), last_error=state.get("last_error", ""),
         last_error_at=_float(state.get("last_error_at")), last_status=state.get("last_status", ""),
-        interval=_float(state.get("interval")), rate=_float(state.get("rate")) or 0.0,
+        interval=_float(state.get("interval")),
         polls=_int(state.get("polls")), not_modified=_int(state.get("not_modified")),
         failures=_int(state.get("failures")), new_items=_int(state.get("new_items")),
         first_success=_float(state.get("first_success")), backlog=_int(state.get("backlog")))
